@@ -1,0 +1,128 @@
+"""The `pipeline` flow: prepare (DVC) -> train every (family, dataset) in parallel on Ray ->
+sample, evaluate, register (MLflow) -> report.
+
+Parameters are typed, so the Prefect UI shows them as a form. The flow runs on
+Prefect's ephemeral API when PREFECT_API_URL is unset.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+
+from genzoo.env import configure
+
+DEFAULT_FAMILIES = ["gan", "vae"]
+DEFAULT_DATASETS = ["ring8", "grid25", "digits", "mnist"]
+
+
+def plan(families: list[str], datasets: list[str], preset: str, root: Path,
+         train_overrides: dict[str, Any] | None, model_overrides: dict[str, dict] | None):
+    """Check every input before anything runs or is written; returns the checked configs."""
+    import data
+    import models
+    from genzoo.config import load_params
+
+    params = load_params(root / "params.yaml")
+    if not families:
+        raise models.ConfigError("no families given")
+    if not datasets:
+        raise data.DataError("no datasets given")
+    for f in families:
+        models.get_family(f)
+    names = [data.dataset_name(d) for d in datasets]
+    if len(set(names)) != len(names):
+        raise data.DataError(f"datasets {datasets} name the same dataset twice")
+    train_cfg = params.train_config(preset, train_overrides)
+    for f, over in (model_overrides or {}).items():
+        if f not in families:
+            raise models.ConfigError(f"model overrides for '{f}', which is not among the families {families}")
+    model_cfgs = {}
+    for f in families:
+        values = {**params.models.get(f, {}), **(model_overrides or {}).get(f, {})}
+        models.get_family(f).Config.from_dict({"data_shape": [1], "data_kind": "points", **values})  # key/value check
+        model_cfgs[f] = values
+    return params, train_cfg, model_cfgs
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    families: list[str] = DEFAULT_FAMILIES,
+    datasets: list[str] = DEFAULT_DATASETS,
+    preset: Literal["smoke", "quick", "full"] = "quick",
+    train_overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
+    register_models: bool = True,
+    fail_once_at_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train and compare `families` on `datasets` with the `preset` budget."""
+    import data
+    import models
+    from tasks import tracking
+    from tasks.evaluate import evaluate, sample
+    from tasks.prepare import prepare_datasets
+    from tasks.register import register
+    from tasks.report import report
+    from tasks.train import train
+
+    root = configure()
+    logger = get_run_logger()
+    params, train_cfg, model_cfgs = plan(families, datasets, preset, root, train_overrides, model_overrides)
+    prepared = prepare_datasets(datasets, str(root))
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    tag = uuid.uuid4().hex[:6]
+    run_name = f"pipeline-{stamp}-{tag}"
+    run_dir = root / "runs" / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parent = tracking.start_run(root, run_name, tags={"genzoo.preset": preset})
+    tracking.log_params(parent, {"families": ",".join(families), "datasets": ",".join(prepared), "preset": preset,
+                                 **tracking.flatten("train", train_cfg.to_dict())})
+
+    futures, skipped = [], []
+    for name, folder in prepared.items():
+        manifest = data.load(folder).manifest
+        for family in families:
+            cls = models.get_family(family)
+            if manifest["kind"] not in cls.supported_kinds:
+                skipped.append(f"{family} on {name}: {family} fits {', '.join(cls.supported_kinds)} data, {name} is {manifest['kind']}")
+                continue
+            mcfg = {**model_cfgs[family], "data_shape": manifest["shape"], "data_kind": manifest["kind"]}
+            if manifest["levels"] >= 2:
+                mcfg["levels"] = manifest["levels"]
+            cls.Config.from_dict(mcfg)
+            futures.append(train.submit(family, name, folder, mcfg, train_cfg.to_dict(), str(root), str(run_dir),
+                                        parent, tag, fail_once_at_epoch))
+    for s in skipped:
+        logger.warning("skipped %s", s)
+
+    rows = []
+    for fut in futures:
+        res = fut.result()
+        row = dict(res)
+        if res["status"] == "FINISHED":
+            try:
+                s = sample(res["model_path"], res["dataset"], params.evaluate.n_samples, params.evaluate.seed,
+                           res["out_dir"], res["run_id"])
+                row.update(s)
+                row.update(evaluate(res["model_path"], res["dataset"], prepared[res["dataset"]], s["samples"],
+                                    params.evaluate.to_dict(), res["run_id"]))
+                if register_models:
+                    manifest = data.load(prepared[res["dataset"]]).manifest
+                    row["registered"] = "{}/{}".format(f"{res['family']}-{res['dataset']}", register(
+                        res["run_id"], res["model_path"], f"{res['family']}-{res['dataset']}", manifest["shape"],
+                        {"data_hash": manifest["hash"], "family": res["family"], "dataset": res["dataset"]}))
+                tracking.end_run(res["run_id"])
+            except Exception as exc:  # evaluation of one model must not sink the others
+                row.update(status="FAILED", reason=f"evaluation failed: {exc}")
+                tracking.end_run(res["run_id"], "FAILED", row["reason"])
+        rows.append(row)
+    path = report(rows, skipped, str(root / "reports" / run_name), parent, f"genzoo comparison: {run_name} ({preset})")
+    all_ok = all(r["status"] == "FINISHED" for r in rows)
+    tracking.end_run(parent, "FINISHED" if all_ok else "FAILED",
+                     "" if all_ok else "; ".join(f"{r['family']}-{r['dataset']}: {r['reason']}" for r in rows if r["status"] != "FINISHED"))
+    return {"run_name": run_name, "parent_run_id": parent, "rows": rows, "skipped": skipped, "report": path}

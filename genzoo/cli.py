@@ -1,0 +1,193 @@
+"""The `genzoo` command.
+
+    genzoo run --families gan,vae --datasets ring8,digits --preset smoke|quick|full
+    genzoo fetch NAME[@ALIAS|/VERSION] -n N -o FILE(.npy|.png)
+    genzoo families
+    genzoo prepare DATASET          (what each DVC prepare stage runs)
+
+Bad input exits with status 2 and one sentence naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from genzoo.env import configure
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _overrides(items: list[str]) -> tuple[dict, dict]:
+    """--set train.epochs=3 / --set vae.lr=0.001 -> (train overrides, model overrides)."""
+    import yaml
+
+    train, model = {}, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UsageError(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=3 or vae.lr=0.001), got '{item}'")
+        parsed = yaml.safe_load(value)
+        (train if section == "train" else model.setdefault(section, {}))[name] = parsed
+    return train, model
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, pipeline
+    from models import FAMILIES
+
+    families = _csv(args.families) if args.families else DEFAULT_FAMILIES
+    if families == ["all"]:
+        families = list(FAMILIES)
+    datasets = _csv(args.datasets) if args.datasets else DEFAULT_DATASETS
+    train_over, model_over = _overrides(args.set or [])
+    for key in ("epochs", "num_workers", "batch_size"):
+        if getattr(args, key) is not None:
+            train_over[key] = getattr(args, key)
+    if args.use_gpu:
+        train_over["use_gpu"] = args.use_gpu
+    from flows.pipeline import plan
+
+    plan(families, datasets, args.preset, configure(), train_over, model_over)  # fail fast, before any service starts
+    result = pipeline(families=families, datasets=datasets, preset=args.preset, train_overrides=train_over or None,
+                      model_overrides=model_over or None, register_models=not args.no_register)
+    print(f"report: {result['report']}")
+    failed = [r for r in result["rows"] if r["status"] != "FINISHED"]
+    return 1 if failed else 0
+
+
+def parse_model_uri(ref: str) -> str:
+    """NAME, NAME@ALIAS or NAME/VERSION -> an MLflow models:/ URI (latest version for a bare NAME)."""
+    if ref.startswith("models:/"):
+        return ref
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return f"models:/{name}@{alias}"
+    if "/" in ref:
+        name, version = ref.split("/", 1)
+        if not version.isdigit():
+            raise UsageError(f"model version must be a number, got '{version}' in '{ref}'")
+        return f"models:/{name}/{version}"
+    from tasks.services import client
+
+    versions = client().search_model_versions(f"name='{ref}'")
+    if not versions:
+        raise UsageError(f"no registered model named '{ref}' in {_tracking()}")
+    return f"models:/{ref}/{max(int(v.version) for v in versions)}"
+
+
+def _tracking() -> str:
+    import os
+
+    return os.environ["MLFLOW_TRACKING_URI"]
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out = Path(args.output)
+    if out.suffix not in (".npy", ".png"):
+        raise UsageError(f"output file must end in .npy or .png, got '{out}'")
+    if args.n <= 0:
+        raise UsageError(f"-n must be positive, got {args.n}")
+    uri = parse_model_uri(args.name)
+    import mlflow
+
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # MlflowException for unknown names, versions, aliases
+        raise UsageError(f"cannot load {uri} from {_tracking()}: {str(exc).splitlines()[0]}") from None
+    x = model.predict({"n": args.n, "seed": args.seed})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, x)
+    else:
+        from genzoo.plots import save_samples
+
+        try:
+            save_samples(x, out, title=args.name)
+        except ValueError as exc:
+            raise UsageError(f"{exc}; write .npy instead") from None
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {uri} to {out}")
+    return 0
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from models import FAMILIES
+
+    print(f"{'family':10} {'likelihood':10} {'method':24} {'fits':20} branch")
+    for name, cls in FAMILIES.items():
+        print(f"{name:10} {cls.likelihood_kind:10} {cls.likelihood_method or '-':24} "
+              f"{','.join(cls.supported_kinds):20} {cls.branch}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import data
+    from genzoo.config import load_params
+
+    root = configure()
+    name = data.dataset_name(args.dataset)
+    params = load_params(root / "params.yaml").prepare.get(name, {})
+    manifest = data.prepare(args.dataset, root / "data" / "prepared" / name, params, root / "data" / "raw", args.data_dir)
+    print(f"prepared {manifest['name']}: {manifest['splits']} of shape {manifest['shape']} (data hash {manifest['hash']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the pipeline flow: prepare, train on Ray, evaluate, register, report")
+    r.add_argument("--families", help="comma-separated families, or 'all' (default: gan,vae)")
+    r.add_argument("--datasets", help="comma-separated dataset names or paths (default: ring8,grid25,digits,mnist)")
+    r.add_argument("--preset", choices=["smoke", "quick", "full"], default="quick")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--num-workers", type=int, help="Ray Train workers per training (data-parallel)")
+    r.add_argument("--use-gpu", choices=["auto", "true", "false"])
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override train.* or <family>.* settings")
+    r.add_argument("--no-register", action="store_true", help="train and evaluate, but register nothing")
+    r.set_defaults(func=cmd_run)
+
+    f = sub.add_parser("fetch", help="sample from a registered model")
+    f.add_argument("name", help="NAME, NAME@ALIAS or NAME/VERSION, e.g. gan-mnist")
+    f.add_argument("-n", type=int, default=16)
+    f.add_argument("-o", "--output", required=True, help="FILE.npy (array) or FILE.png (grid or scatter)")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_fetch)
+
+    sub.add_parser("families", help="list the families").set_defaults(func=cmd_families)
+
+    pr = sub.add_parser("prepare", help="prepare one dataset (the DVC stage command)")
+    pr.add_argument("dataset")
+    pr.add_argument("--data-dir", help="folder with the raw files (default: GENZOO_DATA_DIR, then data/raw)")
+    pr.set_defaults(func=cmd_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure()
+    from data.errors import DataError
+    from models.base import ConfigError
+
+    try:
+        return args.func(args)
+    except (UsageError, DataError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

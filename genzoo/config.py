@@ -1,0 +1,122 @@
+"""Typed run configuration: `params.yaml` sections map one-to-one onto these classes.
+
+- `prepare.<dataset>`  -> keyword parameters of data.prepare (checked there)
+- `train.<preset>`     -> TrainConfig (budgets: smoke, quick, full)
+- `models.<family>`    -> the family's Config class (models/<family>.py)
+- `evaluate`           -> EvalConfig
+Unknown keys are rejected with a message that names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.base import ConfigError, _coerce
+
+PRESETS = ("smoke", "quick", "full")
+
+
+@dataclasses.dataclass
+class _Strict:
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _coerce(field.name, getattr(self, field.name), field.type))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "") -> "_Strict":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values or {}) - known)
+        if unknown:
+            raise ConfigError(f"unknown key '{unknown[0]}' in {where or cls.__name__} (known: {', '.join(sorted(known))})")
+        return cls(**(values or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainConfig(_Strict):
+    epochs: int = 5
+    batch_size: int = 128  # global batch, split over workers
+    steps_per_epoch: int = 0  # 0: one full pass over the training split
+    num_workers: int = 1  # Ray Train workers (data-parallel)
+    use_gpu: str = "auto"  # 'auto' (when the cluster has GPUs), 'true' or 'false'
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2  # worker failures survived by resuming from the last checkpoint
+    seed: int = 0
+    val_examples: int = 500  # validation likelihood per epoch on this many examples (0: none)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.use_gpu, bool):
+            self.use_gpu = str(self.use_gpu).lower()
+        super().__post_init__()
+        for key in ("epochs", "batch_size", "num_workers"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.steps_per_epoch < 0 or self.val_examples < 0 or self.max_failures < 0:
+            raise ConfigError("train.steps_per_epoch, val_examples and max_failures must not be negative")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"train.cpus_per_worker must be positive, got {self.cpus_per_worker}")
+        if self.use_gpu not in ("auto", "true", "false"):
+            raise ConfigError(f"train.use_gpu must be auto, true or false, got {self.use_gpu!r}")
+        if self.batch_size < self.num_workers:
+            raise ConfigError(f"train.batch_size {self.batch_size} is smaller than num_workers {self.num_workers}")
+
+
+@dataclasses.dataclass
+class EvalConfig(_Strict):
+    n_samples: int = 2500  # samples drawn for mode statistics and grids
+    likelihood_examples: int = 2000  # test examples for the likelihood (0: whole test split)
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_samples <= 0 or self.likelihood_examples < 0:
+            raise ConfigError("evaluate.n_samples must be positive and likelihood_examples not negative")
+
+
+@dataclasses.dataclass
+class Params:
+    """The whole of params.yaml, checked."""
+
+    datasets: list[str]
+    prepare: dict[str, dict]
+    train: dict[str, TrainConfig]
+    models: dict[str, dict]
+    evaluate: EvalConfig
+
+    def train_config(self, preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        if preset not in self.train:
+            raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(self.train)})")
+        return TrainConfig.from_dict({**self.train[preset].to_dict(), **(overrides or {})}, f"train.{preset}")
+
+
+def load_params(path: str | Path) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run genzoo from the project folder (where dvc.yaml and params.yaml are) or set GENZOO_PROJECT_DIR")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({exc})") from None
+    known = {"datasets", "prepare", "train", "models", "evaluate"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown section '{unknown[0]}' in {path} (known: {', '.join(sorted(known))})")
+    from models import FAMILIES  # the family registry decides which model sections exist
+
+    models = raw.get("models") or {}
+    for family in models:
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown family '{family}' in the models section of {path}")
+    return Params(
+        datasets=list(raw.get("datasets") or []),
+        prepare=dict(raw.get("prepare") or {}),
+        train={k: TrainConfig.from_dict(v, f"train.{k}") for k, v in (raw.get("train") or {}).items()},
+        models={k: dict(v or {}) for k, v in models.items()},
+        evaluate=EvalConfig.from_dict(raw.get("evaluate") or {}, "evaluate"),
+    )

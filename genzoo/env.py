@@ -1,0 +1,49 @@
+"""Where the project lives and the environment that keeps every service local, fast and quiet.
+
+`configure()` only sets variables the user has not set (os.environ.setdefault),
+so RAY_ADDRESS, PREFECT_API_URL, MLFLOW_TRACKING_URI etc. always win. It is
+called by the CLI and the flows before any service is imported; importing
+genzoo does nothing by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+QUIET = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_DEDUP_LOGS": "0",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "false",  # the ephemeral API needs no UI; `make ui` starts a real server
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def project_dir() -> Path:
+    """GENZOO_PROJECT_DIR, else the current folder."""
+    return Path(os.environ.get("GENZOO_PROJECT_DIR") or os.getcwd()).resolve()
+
+
+def configure(root: Path | None = None) -> Path:
+    root = (root or project_dir()).resolve()
+    os.environ["GENZOO_PROJECT_DIR"] = str(root)
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "site-cache"))
+    os.environ.setdefault("MPLCONFIGDIR", str(root / ".cache" / "matplotlib"))
+    # DVC stages call `genzoo prepare`: make this interpreter's scripts folder come first on PATH.
+    bindir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    return root

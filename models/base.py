@@ -1,0 +1,207 @@
+"""The interface every genzoo family implements.
+
+A family is one file in `models/`: a typed config (a dataclass deriving from
+`FamilyConfig`, so the data shape is always given, never inferred) and a
+`GenerativeModel` subclass with
+
+- `configure_optimizers()`      -> {name: optimizer}
+- `training_step(batch, opts)`  -> {metric: float}; the step does its own
+                                   backward pass and optimiser steps (through
+                                   `self.optimize`), so families with their own
+                                   regime (GAN's two players, CD-k, walkback)
+                                   override the step, not the trainer;
+- `sample(n, generator)`        -> tensor of shape (n, *data_shape), on the CPU;
+- `log_likelihood(x)`           -> per-example log-likelihood in nats (exact,
+                                   a lower bound or an estimate, as
+                                   `likelihood_kind` says); 'none' families
+                                   raise `NoLikelihood`.
+
+Nothing here knows about Ray, MLflow, Prefect or DVC. Data-parallel training
+only shows up as `average_gradients`, which is a no-op in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+DATA_KINDS = ("points", "image", "binary")
+LIKELIHOOD_KINDS = ("exact", "bound", "estimate", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that genzoo cannot accept."""
+
+
+class NoLikelihood(RuntimeError):
+    """The family defines no likelihood (implicit models)."""
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check one config value against its annotation (the types configs use)."""
+    origin = typing.get_origin(annotation)
+    if annotation in ("int", int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{name}' must be an integer, got {value!r}")
+        return value
+    if annotation in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{name}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{name}' must be finite, got {value!r}")
+        return float(value)
+    if annotation in ("str", str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{name}' must be a string, got {value!r}")
+        return value
+    if annotation in ("bool", bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{name}' must be true or false, got {value!r}")
+        return value
+    if annotation in ("tuple[float, ...]",):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
+            raise ConfigError(f"config key '{name}' must be a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if annotation in ("tuple[int, ...]",) or origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"config key '{name}' must be a list of integers, got {value!r}")
+        return tuple(value)
+    return value
+
+
+@dataclasses.dataclass
+class FamilyConfig:
+    """Fields every family shares. Subclasses add their own hyper-parameters."""
+
+    data_shape: tuple[int, ...]
+    data_kind: str  # 'points' (real vectors), 'image' (levels in [0, 1]) or 'binary' ({0, 1})
+    levels: int = 256  # discrete levels of 'image' data, for dequantisation
+    lr: float = 2e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _coerce(field.name, getattr(self, field.name), field.type))
+        if not self.data_shape or any(d <= 0 for d in self.data_shape):
+            raise ConfigError(f"data_shape must be positive sizes, got {self.data_shape!r}")
+        if self.data_kind not in DATA_KINDS:
+            raise ConfigError(f"data_kind must be one of {DATA_KINDS}, got {self.data_kind!r}")
+        if self.levels < 2:
+            raise ConfigError(f"levels must be at least 2, got {self.levels}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "FamilyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key '{unknown[0]}' for {cls.__name__} (known keys: {', '.join(sorted(known))})"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.data_shape)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.data_shape) == 3
+
+
+def average_gradients(params: typing.Iterable[nn.Parameter]) -> None:
+    """Average gradients over data-parallel workers (what DDP's all-reduce does).
+
+    A no-op in a single process. Families call it through `optimize`, so every
+    optimiser step of every family is synchronised, including the two players
+    of a GAN, which a single DistributedDataParallel wrapper would not cover.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
+class GenerativeModel(nn.Module):
+    """Base class: see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    branch: ClassVar[str]  # where it sits in Goodfellow's (2016) taxonomy
+    paper: ClassVar[str]
+    likelihood_kind: ClassVar[str]  # one of LIKELIHOOD_KINDS
+    likelihood_method: ClassVar[str | None] = None  # e.g. 'ELBO', 'IWAE-k', 'AIS'
+    Config: ClassVar[type[FamilyConfig]]
+    supported_kinds: ClassVar[tuple[str, ...]] = DATA_KINDS
+
+    def __init__(self, config: FamilyConfig):
+        super().__init__()
+        if not isinstance(config, self.Config):
+            raise ConfigError(f"{self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
+        if config.data_kind not in self.supported_kinds:
+            raise ConfigError(
+                f"family '{self.name}' does not fit {config.data_kind} data "
+                f"(it fits: {', '.join(self.supported_kinds)})"
+            )
+        self.config = config
+
+    # -- training -------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """zero_grad, backward, average over workers, step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        optimizer.step()
+
+    def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- sampling and likelihood ----------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example log-likelihood (or bound/estimate) of `x` in nats."""
+        raise NoLikelihood(f"family '{self.name}' is an implicit model: it defines no likelihood")
+
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        """Standard normal noise drawn on the CPU (so a seed gives the same samples on any device)."""
+        return torch.randn(shape, generator=generator).to(self.device)
+
+    # -- persistence ----------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"family": self.name, "config": self.config.to_dict(), "state_dict": self.state_dict()}
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.state(), path)
+
+
+def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantisation of values k/(levels-1) to (k + u)/levels, u ~ U[0, 1)."""
+    k = torch.round(x * (levels - 1))
+    u = torch.rand(x.shape, generator=generator).to(x.device) if generator is not None else torch.rand_like(x)
+    return (k + u) / levels

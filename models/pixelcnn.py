@@ -1,0 +1,149 @@
+"""Gated PixelCNN.
+
+Paper: van den Oord, Kalchbrenner, Vinyals, Espeholt, Graves & Kavukcuoglu 2016,
+"Conditional Image Generation with PixelCNN Decoders" (arXiv:1606.05328). A fully
+visible belief net over the pixels in raster order, p(x) = prod_i p(x_i | x_<i),
+computed in one pass by masked convolutions:
+
+- two stacks (section 2.2): the vertical stack sees every pixel in the rows
+  above (over the kernel's full width, so no blind spot), the horizontal stack
+  the pixels to the left in the current row, and gets the vertical stack's
+  pre-activations through a 1x1 convolution;
+- gated activations tanh(W_f * x) . sigmoid(W_g * x) (equation 2);
+- mask type 'A' in the first layer (the current pixel is hidden), 'B' after,
+  with a residual connection in the horizontal stack after the first layer.
+
+Data: 'binary' images (a Bernoulli logit per pixel) and 'image' data with
+`levels` levels (a levels-way softmax per pixel, as the paper's 256-way one; the
+data is k/(levels-1), so k = round(x (levels-1))); log_likelihood is the exact
+log-probability of the discrete image in nats. One channel only (C = 1).
+
+NOTE: the paper's vertical stack uses an (n/2+1) x n kernel followed by a
+down-shift; here the equivalent masked n x n kernel (rows strictly above the
+centre in the first layer, rows up to the centre after) is used, so the
+vertical features at row i see input rows < i only and feed the horizontal
+stack without a shift.
+NOTE: no conditioning, no skip connections; the output head is
+ReLU -> 1x1 conv -> ReLU -> 1x1 conv. The sampler is the straightforward one:
+one full network pass per pixel in raster order (H*W passes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ConfigError, FamilyConfig, GenerativeModel
+from models.masked import AutoregressiveSampler, MaskedConv2d, horizontal_mask, vertical_mask
+
+
+@dataclasses.dataclass
+class PixelCNNConfig(FamilyConfig):
+    channels: int = 32  # feature maps per stack
+    layers: int = 5  # gated layers (the first of type 'A')
+    kernel: int = 3  # kernel size of the type 'B' layers (odd)
+    first_kernel: int = 7  # kernel size of the type 'A' first layer (odd)
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channels < 1 or self.layers < 1:
+            raise ConfigError(f"channels and layers must be positive, got {self.channels} and {self.layers}")
+        for key in ("kernel", "first_kernel"):
+            k = getattr(self, key)
+            if k < 3 or k % 2 == 0:
+                raise ConfigError(f"config key '{key}' must be an odd kernel size of at least 3, got {k}")
+
+
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """tanh(first half) * sigmoid(second half) over channels: (n, 2C, H, W) -> (n, C, H, W)."""
+    f, g = x.chunk(2, dim=1)
+    return torch.tanh(f) * torch.sigmoid(g)
+
+
+class GatedLayer(nn.Module):
+    """One layer of both stacks (figure 2 of the paper)."""
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, mask_type: str):
+        super().__init__()
+        self.vertical = MaskedConv2d(in_channels, 2 * channels, vertical_mask(kernel, mask_type))
+        self.horizontal = MaskedConv2d(in_channels, 2 * channels, horizontal_mask(kernel, mask_type))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.residual = mask_type == "B"  # in type 'A' a residual would pass the current pixel through
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v_pre = self.vertical(v)  # (n, 2C, H, W): input rows above only
+        h_pre = self.horizontal(h) + self.v_to_h(v_pre)  # (n, 2C, H, W)
+        h_new = self.h_out(gate(h_pre))  # (n, C, H, W)
+        return gate(v_pre), h_new + h if self.residual else h_new
+
+
+class PixelCNN(GenerativeModel):
+    name = "pixelcnn"
+    branch = "explicit density / tractable / fully visible belief net"
+    paper = "van den Oord et al. 2016, arXiv:1606.05328"
+    likelihood_kind = "exact"
+    likelihood_method = "exact (autoregressive product)"
+    Config = PixelCNNConfig
+    supported_kinds = ("binary", "image")
+
+    def __init__(self, config: PixelCNNConfig):
+        super().__init__(config)
+        c = config
+        if len(c.data_shape) != 3:
+            raise ConfigError(f"pixelcnn needs image-shaped data (C, H, W), got data_shape {list(c.data_shape)}")
+        if c.data_shape[0] != 1:
+            raise ConfigError(f"pixelcnn models single-channel images only (C = 1), got {c.data_shape[0]} channels")
+        self.out_channels = 1 if c.data_kind == "binary" else c.levels
+        self.stack = nn.ModuleList(
+            GatedLayer(1 if i == 0 else c.channels, c.channels, c.first_kernel if i == 0 else c.kernel,
+                       "A" if i == 0 else "B")
+            for i in range(c.layers)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c.channels, c.channels, 1), nn.ReLU(), nn.Conv2d(c.channels, self.out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (n, K, H, W) of every pixel given the pixels before it; K = 1 (binary) or levels."""
+        v = h = x  # (n, 1, H, W)
+        for layer in self.stack:
+            v, h = layer(v, h)  # (n, C, H, W) each
+        return self.head(h)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-probability (n,) of the discrete images x (n, 1, H, W), in nats."""
+        logits = self(x)  # (n, K, H, W)
+        if self.config.data_kind == "binary":
+            return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
+        k = torch.round(x * (self.config.levels - 1)).long()  # (n, 1, H, W)
+        return F.log_softmax(logits, dim=1).gather(1, k).sum((1, 2, 3))
+
+    def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        loss = -self.log_prob(batch).mean()
+        self.optimize(optimizers["main"], loss)
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x.to(self.device)).cpu()
+
+    def categorical_logits(self, x_flat: torch.Tensor) -> torch.Tensor:
+        """Flat values (n, H*W) -> per-pixel categorical logits (n, H*W, K') (K' = 2 for binary)."""
+        logits = self(x_flat.view(-1, *self.config.data_shape)).flatten(2).transpose(1, 2)  # (n, H*W, K)
+        if self.config.data_kind == "binary":
+            logits = torch.cat([torch.zeros_like(logits), logits], -1)  # (n, H*W, 2): [log-odds of 0, of 1]
+        return logits
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        c = self.config
+        u = torch.rand((n, c.dim), generator=generator).to(self.device)  # (n, H*W)
+        k = 2 if c.data_kind == "binary" else c.levels
+        values = torch.arange(k, device=self.device, dtype=torch.float32) / (k - 1)  # level k -> k/(levels-1)
+        sampler = AutoregressiveSampler(order=list(range(c.dim)))  # raster order: H*W passes
+        return sampler(self.categorical_logits, u, values).view(n, *c.data_shape).cpu()

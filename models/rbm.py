@@ -1,0 +1,196 @@
+"""Bernoulli-Bernoulli restricted Boltzmann machine.
+
+Paper: Hinton 2002, "Training products of experts by minimizing contrastive
+divergence" (Neural Computation; no arXiv id) for CD-k; Tieleman 2008,
+"Training restricted Boltzmann machines using approximations to the
+likelihood gradient" (ICML) for persistent CD; Salakhutdinov & Murray 2008,
+"On the quantitative analysis of deep belief networks" (ICML) for the AIS
+estimate of log Z that `log_likelihood` reports. Energy
+E(v, h) = -b.v - c.h - v W h, so p(v) = exp(-F(v)) / Z with free energy
+F(v) = -b.v - sum_j softplus(c_j + (v W)_j).
+
+Training: the gradient of the mean negative log-likelihood,
+  -d log p / dW = <v p(h|v)>_model - <v p(h|v)>_data (likewise for b, c),
+is estimated with CD-k (negative samples = k block-Gibbs steps from the batch)
+or PCD-k (k steps from persistent fantasy particles, a registered buffer so
+they survive save/load), written into p.grad, averaged over data-parallel
+workers and applied by SGD with momentum, so the generic training loop runs it.
+
+NOTE: the "loss" metric is the one-step reconstruction error
+sum_i (v_i - p(v_i = 1 | h))^2 with h ~ p(h | v) (Hinton's practical guide,
+UTML TR 2010-003), per example; it is NOT a likelihood. "free_energy_gap"
+(mean F(data) - mean F(negative samples)) is reported beside it.
+NOTE: `log_likelihood` uses AIS for log Z with a generator seeded by
+config.seed, so it is deterministic for given weights; the estimate is cached
+and recomputed only when W, b, c or the base rates change.
+NOTE: the AIS base-rate model takes its visible biases from the smoothed mean
+of all training batches seen ((sum + 1) / (count + 2), running buffers), or
+zeros with ais_base='zeros' or before any training; any base rate gives an
+unbiased Z estimate, a good one only lowers its variance.
+NOTE: `sample` returns binary visible states (not probabilities) after
+`sample_burn_in` block-Gibbs steps of independent chains, started from the
+base-rate model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from models.base import ConfigError, FamilyConfig, GenerativeModel, average_gradients
+from models import markov
+
+
+@dataclasses.dataclass
+class RBMConfig(FamilyConfig):
+    hidden: int = 128
+    k: int = 1  # Gibbs steps per negative phase (CD-k or PCD-k)
+    persistent: bool = False  # PCD: negative chains persist across updates
+    chains: int = 100  # number of persistent fantasy particles (PCD only)
+    lr: float = 0.05
+    momentum: float = 0.5
+    weight_decay: float = 0.0  # L2 penalty on W only
+    init_std: float = 0.01  # W ~ N(0, init_std^2); biases start at zero
+    ais_runs: int = 100
+    ais_temperatures: int = 1000  # K: betas 0 = beta_0 < ... < beta_K = 1
+    ais_schedule: str = "linear"  # 'linear' or 'piecewise' (Salakhutdinov & Murray's spacing)
+    ais_base: str = "data"  # base-rate visible biases: 'data' (training mean) or 'zeros'
+    sample_burn_in: int = 1000  # block-Gibbs steps before a sample is returned
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("hidden", "k", "chains", "ais_temperatures"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.ais_runs < 2:
+            raise ConfigError(f"ais_runs must be at least 2, got {self.ais_runs}")
+        if self.sample_burn_in < 0:
+            raise ConfigError(f"sample_burn_in must be non-negative, got {self.sample_burn_in}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.init_std < 0:
+            raise ConfigError("need 0 <= momentum < 1, weight_decay >= 0 and init_std >= 0")
+        if self.ais_schedule not in ("linear", "piecewise"):
+            raise ConfigError(f"ais_schedule must be 'linear' or 'piecewise', got {self.ais_schedule!r}")
+        if self.ais_base not in ("data", "zeros"):
+            raise ConfigError(f"ais_base must be 'data' or 'zeros', got {self.ais_base!r}")
+
+
+class RBM(GenerativeModel):
+    name = "rbm"
+    branch = "explicit density / approximate / Markov chain (Boltzmann machine)"
+    paper = "Hinton 2002 (CD); Tieleman 2008 (PCD); Salakhutdinov & Murray 2008 (AIS)"
+    likelihood_kind = "estimate"
+    likelihood_method = "AIS"
+    supported_kinds = ("binary",)
+    Config = RBMConfig
+
+    def __init__(self, config: RBMConfig):
+        super().__init__(config)
+        c = config
+        g = torch.Generator().manual_seed(c.seed)
+        self.W = torch.nn.Parameter(c.init_std * torch.randn(c.dim, c.hidden, generator=g))  # (nv, nh)
+        self.b = torch.nn.Parameter(torch.zeros(c.dim))  # visible biases (nv,)
+        self.c = torch.nn.Parameter(torch.zeros(c.hidden))  # hidden biases (nh,)
+        particles = torch.bernoulli(torch.full((c.chains if c.persistent else 0, c.dim), 0.5), generator=g)
+        self.register_buffer("particles", particles)  # (chains, nv) PCD fantasy particles
+        self.register_buffer("data_sum", torch.zeros(c.dim, dtype=torch.float64))  # for the base rates
+        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
+        self._log_z_cache: tuple[list[torch.Tensor], float, float] | None = None
+
+    # -- the model ------------------------------------------------------
+    def free_energy(self, v: torch.Tensor) -> torch.Tensor:
+        """F(v) for v of shape (n, *data_shape) or (n, nv): (n,)."""
+        return markov.free_energy(v.flatten(1).to(self.W.dtype), self.W, self.b, self.c)
+
+    def hidden_probs(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(v @ self.W + self.c)  # (n, nh)
+
+    def visible_probs(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h @ self.W.T + self.b)  # (n, nv)
+
+    def gibbs_step(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One block-Gibbs sweep v -> h ~ p(h|v) -> v' ~ p(v|h); v: (n, nv) binary."""
+        h = markov.bernoulli(self.hidden_probs(v), generator)
+        return markov.bernoulli(self.visible_probs(h), generator)
+
+    def sampler(self, burn_in: int | None = None, thin: int = 1) -> markov.MarkovChain:
+        """The block-Gibbs chain used by `sample` (burn-in from the config unless given)."""
+        return markov.MarkovChain(self.gibbs_step, self.config.sample_burn_in if burn_in is None else burn_in, thin)
+
+    def base_bias(self) -> torch.Tensor:
+        """Visible biases of the base-rate model: logit of the smoothed training mean, or zeros."""
+        if self.config.ais_base == "zeros":
+            return torch.zeros_like(self.data_sum)
+        mean = (self.data_sum + 1) / (self.data_count + 2)  # (nv,) Laplace-smoothed
+        return torch.logit(mean)
+
+    # -- training -------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        groups = [{"params": [self.W], "weight_decay": c.weight_decay}, {"params": [self.b, self.c], "weight_decay": 0.0}]
+        return {"main": torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)}
+
+    @torch.no_grad()
+    def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        v0 = batch.flatten(1).to(self.W.dtype)  # (n, nv)
+        self.data_sum += v0.sum(0).double()
+        self.data_count += v0.shape[0]
+        ph0 = self.hidden_probs(v0)  # (n, nh)
+        vk = self.particles if self.config.persistent else v0  # (m, nv) chain start
+        for _ in range(self.config.k):
+            vk = self.gibbs_step(vk)
+        phk = self.hidden_probs(vk)  # (m, nh)
+        if self.config.persistent:
+            self.particles.copy_(vk)
+        # p.grad = -(d mean log-likelihood / d p) = model statistics - data statistics.
+        grads = {
+            self.W: vk.T @ phk / vk.shape[0] - v0.T @ ph0 / v0.shape[0],  # (nv, nh)
+            self.b: vk.mean(0) - v0.mean(0),  # (nv,)
+            self.c: phk.mean(0) - ph0.mean(0),  # (nh,)
+        }
+        opt = optimizers["main"]
+        opt.zero_grad(set_to_none=True)
+        for p, g in grads.items():
+            p.grad = g
+        average_gradients(p for group in opt.param_groups for p in group["params"])
+        opt.step()
+        recon = self.visible_probs(markov.bernoulli(ph0, None))  # (n, nv)
+        loss = ((v0 - recon) ** 2).sum(-1).mean()
+        gap = self.free_energy(v0).mean() - self.free_energy(vk).mean()
+        return {"loss": loss.item(), "free_energy_gap": gap.item()}
+
+    # -- partition function and likelihood ------------------------------
+    def exact_log_partition(self) -> float:
+        """log Z by enumerating the smaller layer; raises ValueError above 2^20 terms."""
+        return markov.exact_log_partition(self.W.detach(), self.b.detach(), self.c.detach()).item()
+
+    def ais_log_partition(self, runs: int | None = None, betas: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> tuple[float, float]:
+        """(AIS estimate of log Z, delta-method standard error); defaults from the config."""
+        c = self.config
+        betas = markov.beta_schedule(c.ais_temperatures, c.ais_schedule) if betas is None else betas
+        return markov.ais_log_partition(self.W.detach(), self.b.detach(), self.c.detach(), self.base_bias(),
+                                        betas, c.ais_runs if runs is None else runs, generator)
+
+    def log_partition(self) -> tuple[float, float]:
+        """Cached AIS (log Z, stderr) for the current weights, with a generator seeded by config.seed."""
+        key = [t.detach().clone() for t in (self.W, self.b, self.c, self.base_bias())]
+        cache = self._log_z_cache
+        if cache is None or any(a.shape != k.shape or a.device != k.device or not torch.equal(a, k)
+                                for a, k in zip(cache[0], key)):
+            log_z, stderr = self.ais_log_partition(generator=torch.Generator().manual_seed(self.config.seed))
+            self._log_z_cache = cache = (key, log_z, stderr)
+        return cache[1], cache[2]
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """-F(x) - log Z_AIS per example, in nats (an estimate: see log_partition)."""
+        log_z, _ = self.log_partition()
+        return (-self.free_energy(x.to(self.device)).double() - log_z).float().cpu()
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        init = markov.bernoulli(torch.sigmoid(self.base_bias()).expand(n, -1).to(self.device, self.W.dtype),
+                                generator)  # (n, nv)
+        v = self.sampler().run(init, n, generator)  # (n, nv) binary states
+        return v.view(n, *self.config.data_shape).cpu()

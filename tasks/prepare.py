@@ -1,0 +1,55 @@
+"""Data preparation under DVC: built-in datasets are `dvc repro prepare@<name>` stages,
+user files are prepared the same way and tracked with `dvc add`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import task
+
+import data
+from data.errors import DataError
+from genzoo.config import load_params
+
+PREPARED = Path("data") / "prepared"
+
+
+def dvc(root: Path, *args: str) -> str:
+    """Run the DVC CLI of this interpreter in the project; a failure becomes a DataError naming the cause."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        text = proc.stdout + proc.stderr
+        ours = [line for line in text.splitlines() if line.startswith("error: ")]
+        raise DataError(ours[-1][len("error: "):] if ours else f"dvc {' '.join(args)} failed: {text.strip()[-2000:]}")
+    return proc.stdout
+
+
+@task(name="prepare", retries=0)
+def prepare_datasets(specs: list[str], root: str) -> dict[str, str]:
+    """Bring every dataset to its current data version; returns name -> prepared folder.
+
+    `dvc repro` only reruns a stage whose code, params or outputs changed, so a
+    second pipeline run prepares nothing again.
+    """
+    root_path = Path(root)
+    params = load_params(root_path / "params.yaml")
+    builtin = [s for s in specs if data.is_builtin(s)]
+    missing = [s for s in builtin if s not in params.datasets]
+    if missing:
+        raise DataError(f"dataset {missing[0]} is not in the datasets list of params.yaml, so dvc.yaml has no stage for it")
+    out: dict[str, str] = {}
+    if builtin:
+        print(f"[genzoo] dvc repro {' '.join('prepare@' + s for s in builtin)}", flush=True)
+        print(dvc(root_path, "repro", *[f"prepare@{s}" for s in builtin]).strip(), flush=True)
+        out.update({s: str(root_path / PREPARED / s) for s in builtin})
+    for spec in specs:
+        if data.is_builtin(spec):
+            continue
+        name = data.dataset_name(spec)
+        target = root_path / PREPARED / name
+        data.prepare(spec, target, {}, root_path / "data" / "raw")
+        dvc(root_path, "add", str(target.relative_to(root_path)))
+        out[name] = str(target)
+    return out

@@ -1,0 +1,211 @@
+"""Training one (family, dataset) pair as a Ray Train job.
+
+The driver side (`train_on_ray`) builds a `TorchTrainer` (ScalingConfig from
+TrainConfig: num_workers, use_gpu, CPUs per worker; data-parallel gradient
+averaging over the gloo/NCCL process group Ray sets up), checkpoints every
+epoch, survives `max_failures` worker failures by resuming from the last
+checkpoint, and hands back the final training state. The worker side
+(`_worker`) is a thin shell around genzoo.training.fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    family: str
+    dataset: str
+    status: str  # 'FINISHED' or 'FAILED'
+    reason: str
+    state: dict[str, Any] | None  # training_state(...) of the last epoch
+    history: list[dict[str, float]]
+    seconds: float
+    ray_run: str
+
+
+def _worker(cfg: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from data.prepared import to_model_space
+    from genzoo.config import TrainConfig
+    from genzoo.training import NonFiniteLoss, fit
+    import models
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    device = ray.train.torch.get_device()
+    arrays = ray.get(cfg["data"])
+    train = to_model_space(arrays["train"], cfg["manifest"])
+    val = to_model_space(arrays["val"][: cfg["train"]["val_examples"]], cfg["manifest"])
+    tcfg = TrainConfig(**cfg["train"])
+    torch.manual_seed(tcfg.seed)  # same initial weights on every worker
+    model = models.build(cfg["family"], cfg["model"]).to(device)
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
+
+    fail_at = cfg.get("fail_once_at_epoch")
+    marker = Path(cfg["scratch"]) / "injected-failure"
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory(dir=cfg["scratch"]) as d:
+            ckpt = None
+            if rank == 0:
+                torch.save(state, Path(d) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**metrics, "epoch": epoch}, checkpoint=ckpt)
+        if fail_at == epoch and rank == 0 and not marker.exists():
+            marker.touch()  # fault injection (tests, chaos drills): fail once, after the checkpoint
+            raise RuntimeError(f"injected worker failure after epoch {epoch}")
+
+    log = print if rank == 0 else (lambda msg: None)
+    try:
+        fit(model, train, tcfg, val=val, resume=resume, rank=rank, world_size=world,
+            on_epoch_end=on_epoch_end, log=lambda m: log(f"[{cfg['run_name']}] {m}"))
+    except NonFiniteLoss as exc:
+        # Not a worker fault: retrying from the checkpoint would only diverge again.
+        ray.train.report({"nonfinite": 1.0, "reason": str(exc)})
+
+
+def train_on_ray(
+    family: str,
+    dataset: str,
+    arrays: dict[str, np.ndarray],
+    manifest: dict,
+    model_config: dict[str, Any],
+    train_config: dict[str, Any],
+    storage: Path,
+    run_tag: str | None = None,
+    fail_once_at_epoch: int | None = None,
+) -> TrainOutcome:
+    import time
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tasks.services import cluster_has_gpus, ensure_ray
+
+    ensure_ray()
+    t0 = time.perf_counter()
+    use_gpu = {"auto": None, "true": True, "false": False}[train_config["use_gpu"]]
+    if use_gpu is None:
+        use_gpu = cluster_has_gpus()
+    # Unique name: Ray silently resumes an old run that has the same name.
+    run_name = f"{family}-{dataset}-{run_tag or uuid.uuid4().hex[:8]}"
+    scratch = storage / "_scratch" / run_name
+    scratch.mkdir(parents=True, exist_ok=True)
+    resources = {"CPU": train_config["cpus_per_worker"]}
+    if use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={
+            "family": family, "model": model_config, "train": train_config, "manifest": manifest,
+            "data": ray.put({k: arrays[k] for k in ("train", "val")}), "scratch": str(scratch),
+            "threads": train_config["cpus_per_worker"], "run_name": run_name,
+            "fail_once_at_epoch": fail_once_at_epoch,
+        },
+        scaling_config=ScalingConfig(num_workers=train_config["num_workers"], use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name, storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=train_config["max_failures"]),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors in TrainingFailedError
+        return TrainOutcome(family, dataset, "FAILED", f"training failed: {_root_cause(exc)}", None, [],
+                            time.perf_counter() - t0, run_name)
+    state = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    metrics = result.metrics or {}
+    history = state["history"] if state else []
+    seconds = time.perf_counter() - t0
+    if metrics.get("nonfinite"):
+        return TrainOutcome(family, dataset, "FAILED", f"non-finite loss: {metrics['reason']}", state, history, seconds, run_name)
+    if state is None or state["epoch"] < train_config["epochs"]:
+        return TrainOutcome(family, dataset, "FAILED", "training ended without a final checkpoint", state, history, seconds, run_name)
+    return TrainOutcome(family, dataset, "FINISHED", "", state, history, seconds, run_name)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- Prefect task
+from prefect import task  # noqa: E402
+
+
+@task(name="train")
+def train(
+    family: str,
+    dataset: str,
+    prepared_dir: str,
+    model_config: dict[str, Any],
+    train_config: dict[str, Any],
+    root: str,
+    run_dir: str,
+    parent_run_id: str,
+    run_tag: str,
+    fail_once_at_epoch: int | None = None,
+) -> dict[str, Any]:
+    """One training on Ray, tracked as an MLflow child run. Never raises for a failed training:
+    the run is marked FAILED with its reason and the flow carries on with the others."""
+    import data
+    import models
+    from tasks import tracking
+
+    prepared = data.load(prepared_dir)
+    root_path = Path(root)
+    run_id = tracking.start_run(
+        root_path, f"{family}-{dataset}",
+        tags={"genzoo.family": family, "genzoo.dataset": dataset, "genzoo.data_hash": prepared.manifest["hash"],
+              "genzoo.data_source": prepared.manifest["source"], "genzoo.branch": models.get_family(family).branch},
+        parent_id=parent_run_id,
+    )
+    tracking.log_params(run_id, {**tracking.flatten("model", model_config), **tracking.flatten("train", train_config),
+                                 "data.name": dataset, "data.hash": prepared.manifest["hash"],
+                                 "data.shape": str(prepared.manifest["shape"]), "data.kind": prepared.kind})
+    outcome = train_on_ray(family, dataset, prepared.arrays, prepared.manifest, model_config, train_config,
+                           root_path / "ray_results", run_tag, fail_once_at_epoch)
+    tracking.log_history(run_id, outcome.history)
+    tracking.log_metrics(run_id, {"train_seconds": outcome.seconds})
+    summary = {"family": family, "dataset": dataset, "run_id": run_id, "status": outcome.status,
+               "reason": outcome.reason, "train_seconds": outcome.seconds, "ray_run": outcome.ray_run}
+    if outcome.status != "FINISHED":
+        print(f"[genzoo] {family}-{dataset} FAILED: {outcome.reason}", flush=True)
+        tracking.end_run(run_id, "FAILED", outcome.reason)
+        return summary
+    out = Path(run_dir) / f"{family}-{dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    model = models.from_state(outcome.state)
+    model.save(out / "model.pt")  # weights + config only: what the registry serves
+    tracking.client().log_artifact(run_id, str(out / "model.pt"))
+    return {**summary, "model_path": str(out / "model.pt"), "out_dir": str(out)}

@@ -14,9 +14,15 @@ import torch
 from models.base import ConfigError, FamilyConfig, GenerativeModel, NoLikelihood
 from models.gan import GAN
 from models.gmmn import GMMN
+from models.gsn import GSN
+from models.made import MADE
+from models.pixelcnn import PixelCNN
+from models.rbm import RBM
+from models.realnvp import RealNVP
+from models.ddpm import DDPM
 from models.vae import VAE
 
-FAMILIES: dict[str, type[GenerativeModel]] = {cls.name: cls for cls in (GAN, VAE, GMMN)}
+FAMILIES: dict[str, type[GenerativeModel]] = {cls.name: cls for cls in (MADE, PixelCNN, RealNVP, VAE, RBM, GSN, GAN, GMMN, DDPM)}
 
 __all__ = ["FAMILIES", "ConfigError", "FamilyConfig", "GenerativeModel", "NoLikelihood", "get_family", "build", "load"]
 

@@ -24,6 +24,10 @@ Corruption and reconstruction, by data kind:
   (NOTE: residual parameterisation, so mu estimates the denoising step) and a
   per-dimension std predicted from x~.
 
+The "loss" metric is the training objective: the mean over walkback steps of
+-log P(x | x~) per example (a Gaussian density for points, so it can be
+negative; a cross-entropy on grey levels for images), not a likelihood.
+
 NOTE: the GSN here is the 2013 generalised-DAE special case of the 2014 GSN
 (the latent state is the corrupted x~; no multi-layer latent chain with noise
 injected in hidden layers), with a fixed number of walkback steps instead of
@@ -50,7 +54,7 @@ class GSNConfig(FamilyConfig):
     hidden: int = 256
     walkback: int = 3  # reconstructions per training example (chain steps from the data)
     salt_pepper: float = 0.3  # binary: probability of replacing a unit by a fair coin
-    noise_std: float = 0.15  # image and points: std of the Gaussian corruption
+    noise_std: float = 0.1  # image and points: std of the Gaussian corruption (absolute, in data units)
     burn_in: int = 100  # chain steps discarded before the first sample
     thin: int = 1  # chain steps between two recorded samples of one chain
     chains: int = 0  # parallel sampling chains; 0: one chain per requested sample
@@ -107,7 +111,8 @@ class GSN(GenerativeModel):
         z = (x - loc) * torch.exp(-log_std)
         return (0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)
 
-    def draw(self, params: tuple[torch.Tensor, torch.Tensor | None], generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw(self, params: tuple[torch.Tensor, torch.Tensor | None],
+             generator: torch.Generator | None = None) -> torch.Tensor:
         """x ~ P(. | x~) (the mean for images, see the module NOTE): (n, D)."""
         loc, log_std = params
         if self.config.data_kind == "points":

@@ -127,7 +127,8 @@ class RBM(GenerativeModel):
     # -- training -------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
-        groups = [{"params": [self.W], "weight_decay": c.weight_decay}, {"params": [self.b, self.c], "weight_decay": 0.0}]
+        groups = [{"params": [self.W], "weight_decay": c.weight_decay},
+                  {"params": [self.b, self.c], "weight_decay": 0.0}]
         return {"main": torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)}
 
     @torch.no_grad()

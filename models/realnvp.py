@@ -26,6 +26,9 @@ change buffers, and it makes the density batch-dependent); no weight
 normalisation or L2 penalty.
 NOTE: small defaults for CPU (3 couplings per scale, 2 scales, width 64, one
 residual block per conditioner); the paper uses 3 scales and 8 residual blocks.
+NOTE: the logit box is bounded, so the flow's density on [0, 1]^D is a
+sub-probability density (mass beyond it is lost, as in the paper); the sampler
+puts such values in the edge bins.
 NOTE: the squeeze is torch's pixel_unshuffle and the factored-out half is the
 first half of the channels, a fixed ordering rather than the paper's.
 """

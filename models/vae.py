@@ -66,7 +66,9 @@ class VAE(GenerativeModel):
         c = config
         self.encoder = mlp([c.dim, c.hidden, c.hidden, 2 * c.latent_dim])
         self.decoder = mlp([c.latent_dim, c.hidden, c.hidden, c.dim])
-        self.log_scale = nn.Parameter(torch.full((c.dim,), -1.0 if c.data_kind == "image" else 0.0))
+        # Gaussian decoders learn one log-scale per dimension; the Bernoulli decoder has none.
+        if c.data_kind != "binary":
+            self.log_scale = nn.Parameter(torch.full((c.dim,), -1.0 if c.data_kind == "image" else 0.0))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_var = self.encoder(x.flatten(1)).chunk(2, dim=-1)  # (n, latent) each

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "state.pt"
+FAILURE_FILE = "nonfinite.txt"
 
 
 @dataclasses.dataclass
@@ -82,8 +83,14 @@ def _worker(cfg: dict[str, Any]) -> None:
         fit(model, train, tcfg, val=val, resume=resume, rank=rank, world_size=world,
             on_epoch_end=on_epoch_end, log=lambda m: log(f"[{cfg['run_name']}] {m}"))
     except NonFiniteLoss as exc:
-        # Not a worker fault: retrying from the checkpoint would only diverge again.
-        ray.train.report({"nonfinite": 1.0, "reason": str(exc)})
+        # Not a worker fault: retrying from the checkpoint would only diverge again. The reason
+        # travels as a last checkpoint holding only FAILURE_FILE, which the driver reads.
+        with tempfile.TemporaryDirectory(dir=cfg["scratch"]) as d:
+            ckpt = None
+            if rank == 0:
+                (Path(d) / FAILURE_FILE).write_text(str(exc))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({"nonfinite": 1.0}, checkpoint=ckpt)
 
 
 def train_on_ray(
@@ -138,15 +145,17 @@ def train_on_ray(
     except Exception as exc:  # Ray wraps worker errors in TrainingFailedError
         return TrainOutcome(family, dataset, "FAILED", f"training failed: {_root_cause(exc)}", None, [],
                             time.perf_counter() - t0, run_name)
-    state = None
+    state, failure = None, None
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    metrics = result.metrics or {}
+            if (Path(d) / FAILURE_FILE).exists():
+                failure = (Path(d) / FAILURE_FILE).read_text()
+            else:
+                state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     history = state["history"] if state else []
     seconds = time.perf_counter() - t0
-    if metrics.get("nonfinite"):
-        return TrainOutcome(family, dataset, "FAILED", f"non-finite loss: {metrics['reason']}", state, history, seconds, run_name)
+    if failure is not None:
+        return TrainOutcome(family, dataset, "FAILED", f"non-finite loss: {failure}", None, history, seconds, run_name)
     if state is None or state["epoch"] < train_config["epochs"]:
         return TrainOutcome(family, dataset, "FAILED", "training ended without a final checkpoint", state, history, seconds, run_name)
     return TrainOutcome(family, dataset, "FINISHED", "", state, history, seconds, run_name)

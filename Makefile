@@ -1,0 +1,39 @@
+# genzoo: `make demo` (the main job) and `make test` (the whole suite) each build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Verified original dataset files shipped beside this checkout (tests and CI read them from here);
+# without them genzoo downloads the files (checksums verified) into data/raw/.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export GENZOO_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.PHONY: install demo test bench ui clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/genzoo run --families gan,vae --datasets ring8,grid25,digits,mnist --preset quick
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py
+
+# The two UIs on 127.0.0.1 (Ctrl-C stops both).
+ui: install
+	@echo "MLflow UI:  http://127.0.0.1:5000   Prefect UI: http://127.0.0.1:4200"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --host 127.0.0.1 --port 5000 \
+	    --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts & \
+	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server start --host 127.0.0.1 --port 4200; kill %1
+
+clean:
+	rm -rf ray_results runs reports mlartifacts mlflow.db .prefect

@@ -1,0 +1,139 @@
+"""The real pipeline on tiny data: Prefect (test harness), local Ray, MLflow (temporary SQLite), DVC.
+
+The tests share one project and run in file order: the first run trains and
+registers, the later ones build on what it left (a second DVC repro, fetching).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genzoo.cli import main
+
+
+@pytest.fixture(scope="module")
+def first_run(services):
+    from flows.pipeline import pipeline
+
+    return pipeline(families=["gan", "vae"], datasets=["ring8", "digits"], preset="smoke")
+
+
+def client():
+    from tasks.services import client as c
+
+    return c()
+
+
+def test_pipeline_trains_evaluates_and_registers(first_run, project):
+    rows = {(r["family"], r["dataset"]): r for r in first_run["rows"]}
+    assert set(rows) == {("gan", "ring8"), ("vae", "ring8"), ("gan", "digits"), ("vae", "digits")}
+    assert all(r["status"] == "FINISHED" for r in rows.values()), [r.get("reason") for r in rows.values()]
+    # first evaluation: mode statistics on ring8, a likelihood bound where the family has one
+    assert 0 <= rows["gan", "ring8"]["modes_captured"] <= 8 and "kl_to_uniform" in rows["gan", "ring8"]
+    assert np.isfinite(rows["vae", "digits"]["test_nll"]) and rows["vae", "digits"]["test_bits_per_dim"] > 0
+    assert "test_nll" not in rows["gan", "digits"]
+    report = Path(first_run["report"]).read_text()
+    for fam, ds in rows:
+        assert f"| {fam} | {ds} | FINISHED |" in report
+
+
+def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, project):
+    import data
+
+    c = client()
+    parent = c.get_run(first_run["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["preset"] == "smoke"
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.md", "comparison.json"}
+    children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    for child in children:
+        fam, ds = child.data.tags["genzoo.family"], child.data.tags["genzoo.dataset"]
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["genzoo.data_hash"] == data.load(project / "data" / "prepared" / ds).manifest["hash"]
+        assert child.data.params["train.epochs"] == "2" and child.data.params["model.data_kind"]
+        history = c.get_metric_history(child.info.run_id, "loss")
+        assert [m.step for m in history] == [1, 2]  # one value per epoch
+        assert "samples.png" in {a.path for a in c.list_artifacts(child.info.run_id)}
+        versions = c.search_model_versions(f"name='{fam}-{ds}'")
+        assert len(versions) == 1 and versions[0].run_id == child.info.run_id
+        assert versions[0].tags["data_hash"] == child.data.tags["genzoo.data_hash"]
+
+
+def test_fetch_registered_models(first_run, tmp_path):
+    import mlflow
+
+    assert main(["fetch", "gan-digits", "-n", "16", "-o", str(tmp_path / "grid.png")]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size[0] > 16 and im.size[1] > 16
+    assert main(["fetch", "vae-ring8/1", "-n", "7", "--seed", "3", "-o", str(tmp_path / "s.npy")]) == 0
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (7, 2) and np.isfinite(x).all()
+    model = mlflow.pyfunc.load_model("models:/vae-ring8/1")
+    assert np.array_equal(model.predict({"n": 7, "seed": 3}), x)  # same seed, same samples
+    assert main(["fetch", "gan-nothing", "-n", "4", "-o", str(tmp_path / "x.npy")]) == 2
+
+
+def test_second_dvc_repro_runs_nothing(first_run, project):
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare@ring8", "prepare@digits"], cwd=project,
+                         capture_output=True, text=True, check=True).stdout
+    assert "didn't change, skipping" in out and "Running stage" not in out
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "prepare@ring8", "prepare@digits"], cwd=project, capture_output=True, text=True).stdout
+    assert "up to date" in status
+    push = subprocess.run([sys.executable, "-m", "dvc", "push"], cwd=project, capture_output=True, text=True)
+    assert push.returncode == 0, push.stderr
+    assert any((project / ".dvcstore").rglob("*")), "dvc push wrote nothing to the local remote"
+
+
+def test_failures_are_contained_and_workers_resume(first_run, project):
+    """A non-finite loss fails only its own training (MLflow run FAILED with the reason, nothing
+    registered); a worker that dies after epoch 1 is restarted by Ray and resumes from the checkpoint."""
+    from flows.pipeline import pipeline
+
+    result = pipeline(families=["gan", "vae"], datasets=["ring8"], preset="smoke",
+                      model_overrides={"vae": {"lr": 1e30}}, fail_once_at_epoch=1)
+    rows = {r["family"]: r for r in result["rows"]}
+    assert rows["vae"]["status"] == "FAILED" and "non-finite" in rows["vae"]["reason"]
+    assert rows["gan"]["status"] == "FINISHED", rows["gan"].get("reason")
+    c = client()
+    failed = c.get_run(rows["vae"]["run_id"])
+    assert failed.info.status == "FAILED" and "non-finite" in failed.data.tags["genzoo.failure_reason"]
+    assert len(c.search_model_versions("name='vae-ring8'")) == 1  # nothing new registered
+    assert len(c.search_model_versions("name='gan-ring8'")) == 2
+    scratch = project / "ray_results" / "_scratch" / rows["gan"]["ray_run"]
+    assert (scratch / "injected-failure").exists()  # the worker did die once ...
+    assert [m.step for m in c.get_metric_history(rows["gan"]["run_id"], "loss")] == [1, 2]  # ... and resumed
+    assert c.get_run(result["parent_run_id"]).info.status == "FAILED"
+
+
+def test_bad_input_exits_2_and_registers_nothing(services, project, tmp_path):
+    before = {m.name for m in client().search_registered_models()}
+    assert main(["run", "--families", "gan,nope", "--datasets", "ring8", "--preset", "smoke"]) == 2
+    assert main(["run", "--datasets", "no-such-set", "--preset", "smoke"]) == 2
+    assert main(["run", "--datasets", str(tmp_path / "missing"), "--preset", "smoke"]) == 2
+    assert main(["run", "--datasets", "ring8", "--epochs", "0", "--preset", "smoke"]) == 2
+    assert main(["run", "--datasets", "ring8", "--batch-size", "-1", "--preset", "smoke"]) == 2
+    bad = tmp_path / "badvalues.npy"
+    x = np.ones((40, 2), dtype=np.float32)
+    x[5, 0] = np.nan
+    np.save(bad, x)
+    assert main(["run", "--families", "gan", "--datasets", str(bad), "--preset", "smoke"]) == 2
+    assert not (project / "data" / "prepared" / "badvalues").exists()
+    assert {m.name for m in client().search_registered_models()} == before
+
+
+def test_user_array_dataset_is_named_after_its_file(services, project, tmp_path):
+    from flows.pipeline import pipeline
+
+    rng = np.random.default_rng(0)
+    arr = tmp_path / "mydata.npy"
+    np.save(arr, rng.normal(size=(300, 2)).astype(np.float32))
+    result = pipeline(families=["gan"], datasets=[str(arr)], preset="smoke")
+    assert result["rows"][0]["status"] == "FINISHED" and result["rows"][0]["registered"] == "gan-mydata/1"
+    assert (project / "data" / "prepared" / "mydata.dvc").is_file()  # tracked by DVC

@@ -181,7 +181,8 @@ def sharpen(model: VAE) -> VAE:
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.mul_(3.0)
-        model.log_scale.fill_(-2.5)
+        if model.config.data_kind != "binary":  # the Bernoulli decoder has no scale
+            model.log_scale.fill_(-2.5)
     return model
 
 

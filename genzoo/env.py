@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 QUIET = {
@@ -17,6 +18,8 @@ QUIET = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_DEDUP_LOGS": "0",
+    # Trainings queue for CPUs/GPUs on a busy cluster: wait for them rather than fail after 60 s.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "3600",
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -46,4 +49,6 @@ def configure(root: Path | None = None) -> Path:
     bindir = str(Path(sys.executable).parent)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    # MLflow nags about type hints and input examples on every pyfunc we log; our signature is explicit.
+    warnings.filterwarnings("ignore", message=r".*(Add type hints to the `predict` method|An input example was not provided).*")
     return root

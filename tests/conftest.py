@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,16 +22,12 @@ def raw_data_dir() -> Path:
 def project(tmp_path_factory, raw_data_dir) -> Path:
     """A fresh genzoo project: dvc.yaml, params.yaml (tiny synthetic sets), DVC with a local remote,
     MLflow in a temporary SQLite store, Prefect and Ray state inside it."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "data").mkdir()
-    for f in (REPO / "data").glob("*.py"):
-        shutil.copy(f, root / "data" / f.name)  # the code the prepare stages depend on
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name in ("ring8", "grid25"):
-        params["prepare"][name].update(n_train=2000, n_val=300, n_test=300)
-    params["evaluate"].update(n_samples=500, likelihood_examples=200)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from genzoo.scaffold import new_project
+
+    root = new_project(tmp_path_factory.mktemp("project"), {
+        "prepare": {name: {"n_train": 2000, "n_val": 300, "n_test": 300} for name in ("ring8", "grid25")},
+        "evaluate": {"n_samples": 500, "likelihood_examples": 200},
+    })
     env = {
         "GENZOO_PROJECT_DIR": str(root),
         "GENZOO_DATA_DIR": str(raw_data_dir),
@@ -46,10 +38,6 @@ def project(tmp_path_factory, raw_data_dir) -> Path:
     from genzoo.env import configure
 
     configure(root)
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
-    subprocess.run([*dvc, "config", "core.analytics", "false"], cwd=root, check=True)
-    subprocess.run([*dvc, "remote", "add", "-d", "local", str(root / ".dvcstore")], cwd=root, check=True)
     return root
 
 

@@ -58,3 +58,29 @@ def load(folder: str | Path, verify: bool = False) -> Prepared:
             raise DataError(f"{path} does not match the sha256 in its manifest: the prepared data was altered")
         arrays[fname[:-4]] = np.load(path, allow_pickle=False)
     return Prepared(manifest["name"], manifest, arrays)
+
+
+def rows_for_model(x: np.ndarray, data_shape: tuple[int, ...], kind: str, levels: int, what: str) -> torch.Tensor:
+    """A user's array -> model-space tensor, checked against the model's data.
+
+    Rows may be (N, *data_shape) or flattened (N, D). Image rows are integer levels
+    0..levels-1 (as stored in the prepared arrays) or floats k/(levels-1) in [0, 1];
+    binary rows hold 0/1; points are any finite reals.
+    """
+    x = np.asarray(x)
+    dim = int(np.prod(data_shape))
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{what} holds {x.dtype} values; expected numbers")
+    if x.ndim < 2 or int(np.prod(x.shape[1:])) != dim or (x.shape[1:] != tuple(data_shape) and x.ndim != 2):
+        raise DataError(f"{what} has shape {x.shape}; the model expects rows of shape {tuple(data_shape)} or ({dim},)")
+    if not np.isfinite(x).all():
+        raise DataError(f"{what} contains NaN or infinite values")
+    x = x.reshape(len(x), *data_shape)
+    if kind == "binary" and not np.isin(x, (0, 1)).all():
+        raise DataError(f"{what} must hold only 0 and 1 for this binary-data model")
+    if kind == "image":
+        k = x.astype(np.float64) if x.dtype.kind in "biu" else x * (levels - 1)
+        if k.min() < 0 or k.max() > levels - 1 or np.abs(k - np.round(k)).max() > 1e-3:
+            raise DataError(f"{what} must hold integer levels 0..{levels - 1} (or k/{levels - 1} in [0, 1]) for this model")
+        return torch.from_numpy(np.round(k) / (levels - 1)).float()
+    return torch.from_numpy(x.astype(np.float32))

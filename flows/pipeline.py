@@ -106,8 +106,9 @@ def pipeline(
         row = dict(res)
         if res["status"] == "FINISHED":
             try:
-                s = sample(res["model_path"], res["dataset"], params.evaluate.n_samples, params.evaluate.seed,
-                           res["out_dir"], res["run_id"])
+                is_points = len(data.load(prepared[res["dataset"]]).shape) == 1
+                n = params.evaluate.n_samples if is_points else params.evaluate.n_image_samples
+                s = sample(res["model_path"], res["dataset"], n, params.evaluate.seed, res["out_dir"], res["run_id"])
                 row.update(s)
                 row.update(evaluate(res["model_path"], res["dataset"], prepared[res["dataset"]], s["samples"],
                                     params.evaluate.to_dict(), res["run_id"]))

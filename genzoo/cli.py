@@ -2,6 +2,7 @@
 
     genzoo run --families gan,vae --datasets ring8,digits --preset smoke|quick|full
     genzoo fetch NAME[@ALIAS|/VERSION] -n N -o FILE(.npy|.png)
+    genzoo score NAME[@ALIAS|/VERSION] --data FILE.npy -o OUT.npy
     genzoo families
     genzoo prepare DATASET          (what each DVC prepare stage runs)
 
@@ -100,13 +101,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         raise UsageError(f"output file must end in .npy or .png, got '{out}'")
     if args.n <= 0:
         raise UsageError(f"-n must be positive, got {args.n}")
-    uri = parse_model_uri(args.name)
-    import mlflow
-
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # MlflowException for unknown names, versions, aliases
-        raise UsageError(f"cannot load {uri} from {_tracking()}: {str(exc).splitlines()[0]}") from None
+    uri, model = load_registered(args.name)
     x = model.predict({"n": args.n, "seed": args.seed})
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -119,6 +114,51 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"{exc}; write .npy instead") from None
     print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {uri} to {out}")
+    return 0
+
+
+def load_registered(ref: str):
+    """The genzoo model behind a registered pyfunc (NAME, NAME@ALIAS, NAME/VERSION)."""
+    import mlflow
+
+    uri = parse_model_uri(ref)
+    try:
+        return uri, mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # MlflowException for unknown names, versions, aliases
+        raise UsageError(f"cannot load {uri} from {_tracking()}: {str(exc).splitlines()[0]}") from None
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from data.errors import DataError
+    from data.prepared import rows_for_model
+
+    out = Path(args.output)
+    if out.suffix != ".npy":
+        raise UsageError(f"output file must end in .npy, got '{out}'")
+    data_path = Path(args.data)
+    if not data_path.is_file():
+        raise DataError(f"data file {data_path} does not exist")
+    uri, pyfunc = load_registered(args.name)
+    model = pyfunc.unwrap_python_model().model
+    if model.likelihood_kind == "none":
+        raise UsageError(f"{args.name} is a {model.name} model, an implicit model with no likelihood: nothing to score")
+    try:
+        x = np.load(data_path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{data_path} is not a readable .npy array ({exc})") from None
+    c = model.config
+    rows = rows_for_model(x, c.data_shape, c.data_kind, c.levels, str(data_path))
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        ll = torch.cat([model.log_likelihood(rows[i:i + 500]) for i in range(0, len(rows), 500)]).double().numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, ll)
+    method = model.likelihood_method or model.likelihood_kind
+    print(f"wrote {len(ll)} per-example log-likelihoods in nats ({model.likelihood_kind}: {method}) "
+          f"from {uri} to {out}; mean {ll.mean():.3f} nats")
     return 0
 
 
@@ -166,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", required=True, help="FILE.npy (array) or FILE.png (grid or scatter)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_fetch)
+
+    sc = sub.add_parser("score", help="per-example log-likelihood (nats) of a user's rows under a registered model")
+    sc.add_argument("name", help="NAME, NAME@ALIAS or NAME/VERSION")
+    sc.add_argument("--data", required=True, help="FILE.npy with rows shaped like the model's data")
+    sc.add_argument("-o", "--output", required=True, help="OUT.npy")
+    sc.add_argument("--seed", type=int, default=0, help="seed of stochastic bounds/estimates")
+    sc.set_defaults(func=cmd_score)
 
     sub.add_parser("families", help="list the families").set_defaults(func=cmd_families)
 

@@ -69,13 +69,14 @@ class TrainConfig(_Strict):
 
 @dataclasses.dataclass
 class EvalConfig(_Strict):
-    n_samples: int = 2500  # samples drawn for mode statistics and grids
+    n_samples: int = 2500  # samples of 2-D data drawn for the mode statistics and the scatter
+    n_image_samples: int = 64  # samples of image data drawn for the grid (autoregressive sampling is O(pixels))
     likelihood_examples: int = 2000  # test examples for the likelihood (0: whole test split)
     seed: int = 1234
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_samples <= 0 or self.likelihood_examples < 0:
+        if self.n_samples <= 0 or self.n_image_samples <= 0 or self.likelihood_examples < 0:
             raise ConfigError("evaluate.n_samples must be positive and likelihood_examples not negative")
 
 

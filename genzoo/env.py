@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 QUIET = {
@@ -49,6 +48,4 @@ def configure(root: Path | None = None) -> Path:
     bindir = str(Path(sys.executable).parent)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    # MLflow nags about type hints and input examples on every pyfunc we log; our signature is explicit.
-    warnings.filterwarnings("ignore", message=r".*(Add type hints to the `predict` method|An input example was not provided).*")
     return root

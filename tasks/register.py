@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from prefect import task
@@ -30,7 +31,8 @@ def log_pyfunc(run_id: str, weights: str, data_shape: list[int]):
         inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed")]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *data_shape))]),
     )
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),

@@ -1,0 +1,196 @@
+"""A small CNN classifier whose penultimate layer supplies the features for genzoo.quality.
+
+FID, KID and the k-NN measures compare feature vectors; on MNIST-like data an
+Inception network trained on ImageNet is the wrong ruler, so (as in the GAN
+literature on MNIST, e.g. the "classifier FID" of Binkowski et al. 2018, Appendix)
+genzoo trains a small classifier on the data set itself and uses its
+penultimate activations.
+
+Architecture (H, W >= 4; single-channel images in [0, 1], shape (n, 1, H, W)):
+    conv3x3(C->w) BN ReLU, maxpool2         # (w, H/2, W/2)
+    conv3x3(w->2w) BN ReLU, maxpool2        # (2w, H/4, W/4)
+    flatten, linear -> feature_dim, ReLU    # the features
+    dropout, linear -> num_classes          # logits
+With w = 32 and feature_dim = 128 it has about 0.42 M parameters on 28x28.
+
+NOTE: features from this network are only comparable between runs that use the
+same trained evaluator (same data, seed and config); published FIDs use other
+networks, so genzoo's numbers are relative, not absolute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ConfigError
+
+
+@dataclasses.dataclass
+class EvaluatorConfig:
+    image_shape: tuple[int, int, int]  # (C, H, W); genzoo's image sets are (1, 8, 8) and (1, 28, 28)
+    num_classes: int
+    width: int = 32  # channels of the first conv layer (the second has twice as many)
+    feature_dim: int = 128
+    dropout: float = 0.25
+
+    def __post_init__(self) -> None:
+        shape = self.image_shape
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+            raise ConfigError(f"image_shape must be three integers (C, H, W), got {shape!r}")
+        self.image_shape = tuple(shape)
+        c, h, w = self.image_shape
+        if c < 1 or h < 4 or w < 4:
+            raise ConfigError(f"image_shape needs C >= 1 and H, W >= 4 (two 2x poolings), got {self.image_shape}")
+        for key in ("num_classes", "width", "feature_dim"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "num_classes" else 1):
+                raise ConfigError(f"{key} must be an integer >= {2 if key == 'num_classes' else 1}, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EvaluatorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key '{unknown[0]}' for EvaluatorConfig (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+class Evaluator(nn.Module):
+    """CNN classifier: forward(x) -> logits (n, num_classes); features(x) -> (n, feature_dim)."""
+
+    def __init__(self, config: EvaluatorConfig):
+        super().__init__()
+        self.config = config
+        c, h, w = config.image_shape
+        width = config.width
+        self.body = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.MaxPool2d(2),  # (w, H/2, W/2)
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),  # (2w, H/4, W/4)
+            nn.Flatten(),  # (2w * H/4 * W/4,)
+            nn.Linear(2 * width * (h // 4) * (w // 4), config.feature_dim), nn.ReLU(),  # (feature_dim,)
+        )
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.feature_dim, config.num_classes))
+
+    def _check(self, x: torch.Tensor) -> None:
+        expected = self.config.image_shape
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+            raise ValueError(f"the evaluator was built for images of shape (n, {', '.join(map(str, expected))}), got {got}")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (n, feature_dim), the input of the metrics in genzoo.quality."""
+        self._check(x)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (n, num_classes)
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def _images(name: str, x: Any) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be images of shape (n, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def _labels(name: str, y: Any, n: int) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y))
+    if y.dim() != 1 or len(y) != n:
+        raise ValueError(f"{name} must be a 1-D array of {n} labels, got shape {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"{name} must hold labels >= 0, got {int(y.min())}")
+    return y.long()
+
+
+@torch.no_grad()
+def predict_logits(model: Evaluator, x: Any, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    x = _images("x", x)
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def extract_features(model: Evaluator, x: Any, batch_size: int = 1000) -> np.ndarray:
+    """Penultimate features of images x (n, C, H, W) in [0, 1], as a float64 (n, feature_dim) array."""
+    model.eval()
+    x = _images("x", x)
+    return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
+
+
+def accuracy(model: Evaluator, x: Any, y: Any) -> float:
+    """Fraction of images x whose arg-max class equals the label y (eval mode, no gradients)."""
+    logits = predict_logits(model, x)
+    y = _labels("y", y, len(logits))
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def train_evaluator(train_x: Any, train_y: Any, val_x: Any, val_y: Any, epochs: int = 3, batch_size: int = 128,
+                    seed: int = 0, log: Callable[[str], None] = print, *, num_classes: int | None = None,
+                    lr: float = 1e-3, config: dict[str, Any] | None = None) -> tuple[Evaluator, float]:
+    """Train an Evaluator with Adam and cross-entropy; returns (model in eval mode, validation accuracy).
+
+    The image shape is that of train_x; num_classes defaults to the largest label
+    + 1. `config` holds further EvaluatorConfig keys (width, feature_dim, dropout).
+    Deterministic for a given seed and thread count.
+    """
+    train_x, val_x = _images("train_x", train_x), _images("val_x", val_x)
+    train_y, val_y = _labels("train_y", train_y, len(train_x)), _labels("val_y", val_y, len(val_x))
+    if tuple(val_x.shape[1:]) != tuple(train_x.shape[1:]):
+        raise ValueError(f"val_x has images of shape {tuple(val_x.shape[1:])}, train_x {tuple(train_x.shape[1:])}")
+    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if num_classes is None:
+        num_classes = int(max(train_y.max(), val_y.max())) + 1
+    elif int(max(train_y.max(), val_y.max())) >= num_classes:
+        raise ValueError(f"labels go up to {int(max(train_y.max(), val_y.max()))} but num_classes is {num_classes}")
+    cfg = EvaluatorConfig.from_dict({**(config or {}), "image_shape": tuple(train_x.shape[1:]), "num_classes": num_classes})
+
+    torch.manual_seed(seed)
+    model = Evaluator(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    val_acc = float("nan")
+    for epoch in range(epochs):
+        start, total, seen = time.perf_counter(), 0.0, 0
+        model.train()
+        for idx in torch.randperm(len(train_x), generator=gen).split(batch_size):
+            loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"evaluator loss became {loss.item()} in epoch {epoch + 1}; stopping")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        val_acc = accuracy(model, val_x, val_y)
+        log(f"evaluator epoch {epoch + 1}/{epochs}: train loss {total / seen:.4f}, "
+            f"val accuracy {val_acc:.4f} ({time.perf_counter() - start:.1f} s)")
+    model.eval()
+    return model, val_acc

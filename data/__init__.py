@@ -7,7 +7,6 @@ name is the file or folder name (`mydata.npy` -> `mydata`).
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 from typing import Callable

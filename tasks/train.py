@@ -10,8 +10,9 @@ checkpoint, and hands back the final training state. The worker side
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
+import threading
 import tempfile
 import uuid
 from pathlib import Path
@@ -93,6 +94,35 @@ def _worker(cfg: dict[str, Any]) -> None:
             ray.train.report({"nonfinite": 1.0}, checkpoint=ckpt)
 
 
+class _Admission:
+    """Admit a training only when the cluster has room for it.
+
+    Ray would queue the extra trainings anyway, but every queued TorchTrainer
+    already runs a controller process; on a small machine a dozen of them starve
+    the trainings that do run. So this process submits at most what fits.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._used = 0.0
+
+    @contextlib.contextmanager
+    def slot(self, need: float, capacity: float):
+        with self._cond:
+            while self._used > 0 and self._used + need > capacity:
+                self._cond.wait()
+            self._used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+
+_admission = _Admission()
+
+
 def train_on_ray(
     family: str,
     dataset: str,
@@ -104,8 +134,6 @@ def train_on_ray(
     run_tag: str | None = None,
     fail_once_at_epoch: int | None = None,
 ) -> TrainOutcome:
-    import time
-
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -117,6 +145,9 @@ def train_on_ray(
     use_gpu = {"auto": None, "true": True, "false": False}[train_config["use_gpu"]]
     if use_gpu is None:
         use_gpu = cluster_has_gpus()
+    elif use_gpu and not cluster_has_gpus():
+        return TrainOutcome(family, dataset, "FAILED", "use_gpu is true but the Ray cluster has no GPU",
+                            None, [], 0.0, "")
     # Unique name: Ray silently resumes an old run that has the same name.
     run_name = f"{family}-{dataset}-{run_tag or uuid.uuid4().hex[:8]}"
     scratch = storage / "_scratch" / run_name
@@ -140,8 +171,11 @@ def train_on_ray(
             failure_config=FailureConfig(max_failures=train_config["max_failures"]),
         ),
     )
+    need = train_config["num_workers"] * (1.0 if use_gpu else train_config["cpus_per_worker"])
+    capacity = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1.0)
     try:
-        result = trainer.fit()
+        with _admission.slot(need, capacity):
+            result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in TrainingFailedError
         return TrainOutcome(family, dataset, "FAILED", f"training failed: {_root_cause(exc)}", None, [],
                             time.perf_counter() - t0, run_name)
@@ -169,6 +203,8 @@ def _root_cause(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- Prefect task
+import time  # noqa: E402
+
 from prefect import task  # noqa: E402
 
 
@@ -202,12 +238,14 @@ def train(
     tracking.log_params(run_id, {**tracking.flatten("model", model_config), **tracking.flatten("train", train_config),
                                  "data.name": dataset, "data.hash": prepared.manifest["hash"],
                                  "data.shape": str(prepared.manifest["shape"]), "data.kind": prepared.kind})
+    started = time.time()
     outcome = train_on_ray(family, dataset, prepared.arrays, prepared.manifest, model_config, train_config,
                            root_path / "ray_results", run_tag, fail_once_at_epoch)
     tracking.log_history(run_id, outcome.history)
     tracking.log_metrics(run_id, {"train_seconds": outcome.seconds})
     summary = {"family": family, "dataset": dataset, "run_id": run_id, "status": outcome.status,
-               "reason": outcome.reason, "train_seconds": outcome.seconds, "ray_run": outcome.ray_run}
+               "reason": outcome.reason, "train_seconds": outcome.seconds, "ray_run": outcome.ray_run,
+               "started_at": started, "ended_at": time.time()}
     if outcome.status != "FINISHED":
         print(f"[genzoo] {family}-{dataset} FAILED: {outcome.reason}", flush=True)
         tracking.end_run(run_id, "FAILED", outcome.reason)

@@ -37,6 +37,8 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
     assert 0 <= rows["gan", "ring8"]["modes_captured"] <= 8 and "kl_to_uniform" in rows["gan", "ring8"]
     assert np.isfinite(rows["vae", "digits"]["test_nll"]) and rows["vae", "digits"]["test_bits_per_dim"] > 0
     assert "test_nll" not in rows["gan", "digits"]
+    # the four trainings ran at the same time on the one Ray cluster
+    assert max(r["started_at"] for r in rows.values()) < min(r["ended_at"] for r in rows.values())
     report = Path(first_run["report"]).read_text()
     for fam, ds in rows:
         assert f"| {fam} | {ds} | FINISHED |" in report
@@ -96,9 +98,12 @@ def test_failures_are_contained_and_workers_resume(first_run, project):
     registered); a worker that dies after epoch 1 is restarted by Ray and resumes from the checkpoint."""
     from flows.pipeline import pipeline
 
-    result = pipeline(families=["gan", "vae"], datasets=["ring8"], preset="smoke",
+    result = pipeline(families=["gan", "vae", "made"], datasets=["ring8"], preset="smoke",
                       model_overrides={"vae": {"lr": 1e30}}, fail_once_at_epoch=1)
     rows = {r["family"]: r for r in result["rows"]}
+    assert set(rows) == {"gan", "vae"}  # MADE fits binary data only: skipped, with the reason
+    assert result["skipped"] == ["made on ring8: made fits binary data, ring8 is points"]
+    assert "made on ring8" in Path(result["report"]).read_text()
     assert rows["vae"]["status"] == "FAILED" and "non-finite" in rows["vae"]["reason"]
     assert rows["gan"]["status"] == "FINISHED", rows["gan"].get("reason")
     c = client()
@@ -137,3 +142,28 @@ def test_user_array_dataset_is_named_after_its_file(services, project, tmp_path)
     result = pipeline(families=["gan"], datasets=[str(arr)], preset="smoke")
     assert result["rows"][0]["status"] == "FINISHED" and result["rows"][0]["registered"] == "gan-mydata/1"
     assert (project / "data" / "prepared" / "mydata.dvc").is_file()  # tracked by DVC
+
+
+def test_score_writes_per_example_log_likelihoods(first_run, project, tmp_path, capsys):
+    import data
+
+    rows = data.load(project / "data" / "prepared" / "digits").arrays["test"][:30]  # stored levels 0..16
+    np.save(tmp_path / "rows.npy", rows)
+    assert main(["score", "vae-digits", "--data", str(tmp_path / "rows.npy"), "-o", str(tmp_path / "ll.npy")]) == 0
+    ll = np.load(tmp_path / "ll.npy")
+    assert ll.shape == (30,) and np.isfinite(ll).all() and (ll < 0).all()
+    assert "bound" in capsys.readouterr().out
+    assert main(["score", "gan-digits", "--data", str(tmp_path / "rows.npy"), "-o", str(tmp_path / "x.npy")]) == 2
+    assert "no likelihood" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 5)))
+    assert main(["score", "vae-digits", "--data", str(tmp_path / "wrong.npy"), "-o", str(tmp_path / "x.npy")]) == 2
+    assert "expects rows of shape (1, 8, 8)" in capsys.readouterr().err
+
+
+def test_families_lists_every_branch(capsys):
+    from models import FAMILIES
+
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    for name, cls in FAMILIES.items():
+        assert name in out and cls.branch in out and cls.likelihood_kind in out

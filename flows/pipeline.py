@@ -64,8 +64,8 @@ def pipeline(
     import models
     from tasks import tracking
     from tasks.evaluate import evaluate, sample
-    from tasks.prepare import prepare_datasets
-    from tasks.register import register
+    from tasks.prepare import evaluator_dir, prepare_datasets
+    from tasks.register import register, register_evaluator
     from tasks.report import report
     from tasks.train import train
 
@@ -99,6 +99,13 @@ def pipeline(
                                         parent, tag, fail_once_at_epoch))
     for s in skipped:
         logger.warning("skipped %s", s)
+    import json
+
+    tracking.client().set_tag(parent, "genzoo.skipped", json.dumps(skipped))
+    evaluators = {name: evaluator_dir(root, name) for name in prepared}
+    for name, folder in evaluators.items():
+        if folder is not None and register_models:
+            register_evaluator(str(root), name, str(folder))
 
     rows = []
     for fut in futures:
@@ -106,12 +113,15 @@ def pipeline(
         row = dict(res)
         if res["status"] == "FINISHED":
             try:
+                ecfg = params.evaluate
                 is_points = len(data.load(prepared[res["dataset"]]).shape) == 1
-                n = params.evaluate.n_samples if is_points else params.evaluate.n_image_samples
-                s = sample(res["model_path"], res["dataset"], n, params.evaluate.seed, res["out_dir"], res["run_id"])
+                n = ecfg.n_samples if is_points else ecfg.n_image_samples
+                s = sample(res["model_path"], res["dataset"], n, ecfg.seed, ecfg.sample_budget_seconds,
+                           res["out_dir"], res["run_id"])
                 row.update(s)
+                ev = evaluators[res["dataset"]]
                 row.update(evaluate(res["model_path"], res["dataset"], prepared[res["dataset"]], s["samples"],
-                                    params.evaluate.to_dict(), res["run_id"]))
+                                    ecfg.to_dict(), res["run_id"], None if ev is None else str(ev)))
                 if register_models:
                     manifest = data.load(prepared[res["dataset"]]).manifest
                     row["registered"] = "{}/{}".format(f"{res['family']}-{res['dataset']}", register(
@@ -122,8 +132,7 @@ def pipeline(
                 row.update(status="FAILED", reason=f"evaluation failed: {exc}")
                 tracking.end_run(res["run_id"], "FAILED", row["reason"])
         rows.append(row)
-    path = report(rows, skipped, str(root / "reports" / run_name), parent, f"genzoo comparison: {run_name} ({preset})")
-    all_ok = all(r["status"] == "FINISHED" for r in rows)
-    tracking.end_run(parent, "FINISHED" if all_ok else "FAILED",
-                     "" if all_ok else "; ".join(f"{r['family']}-{r['dataset']}: {r['reason']}" for r in rows if r["status"] != "FINISHED"))
+    path = report(parent, str(root / "reports"))
+    failed = [f"{r['family']}-{r['dataset']}: {r['reason']}" for r in rows if r["status"] != "FINISHED"]
+    tracking.end_run(parent, "FAILED" if failed else "FINISHED", "; ".join(failed))
     return {"run_name": run_name, "parent_run_id": parent, "rows": rows, "skipped": skipped, "report": path}

@@ -3,6 +3,7 @@
     genzoo run --families gan,vae --datasets ring8,digits --preset smoke|quick|full
     genzoo fetch NAME[@ALIAS|/VERSION] -n N -o FILE(.npy|.png)
     genzoo score NAME[@ALIAS|/VERSION] --data FILE.npy -o OUT.npy
+    genzoo report [RUN]
     genzoo families
     genzoo prepare DATASET          (what each DVC prepare stage runs)
 
@@ -184,6 +185,41 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tasks.report import write_report
+    from tasks.services import EXPERIMENT, client
+
+    root = configure()
+    c = client()
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        raise UsageError(f"no genzoo runs in {_tracking()} yet: run `genzoo run` first")
+    if args.run:
+        found = c.search_runs([exp.experiment_id], f"attributes.run_name = '{args.run}'") or \
+            c.search_runs([exp.experiment_id], f"attributes.run_id = '{args.run}'")
+    else:
+        found = c.search_runs([exp.experiment_id], "tags.`genzoo.preset` != ''", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if not found:
+        raise UsageError(f"no pipeline run named '{args.run}' in {_tracking()}")
+    path = write_report(found[0].info.run_id, root / "reports")
+    print(f"report: {path} (and {path.with_suffix('.html')})")
+    return 0
+
+
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    from genzoo import evaluator_stage
+    from genzoo.config import load_params
+
+    root = configure()
+    params = load_params(root / "params.yaml").evaluators
+    if args.dataset not in params:
+        raise UsageError(f"no evaluator is configured for '{args.dataset}' (params.yaml evaluators: {', '.join(params)})")
+    m = evaluator_stage.build(args.dataset, root, params[args.dataset])
+    print(f"evaluator {args.dataset}: test accuracy {m['test_accuracy']:.4f} ({m['train_seconds']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("dataset")
     pr.add_argument("--data-dir", help="folder with the raw files (default: GENZOO_DATA_DIR, then data/raw)")
     pr.set_defaults(func=cmd_prepare)
+    rp = sub.add_parser("report", help="rebuild the comparison report of a pipeline run from MLflow")
+    rp.add_argument("run", nargs="?", help="pipeline run name or id (default: the latest)")
+    rp.set_defaults(func=cmd_report)
+
+    ev = sub.add_parser("evaluator", help="train the feature network of one image dataset (a DVC stage command)")
+    ev.add_argument("dataset")
+    ev.set_defaults(func=cmd_evaluator)
     return p
 
 

@@ -1,6 +1,7 @@
 """Typed run configuration: `params.yaml` sections map one-to-one onto these classes.
 
 - `prepare.<dataset>`  -> keyword parameters of data.prepare (checked there)
+- `evaluators.<dataset>` -> the evaluator stage (genzoo/evaluator_stage.py, checked there)
 - `train.<preset>`     -> TrainConfig (budgets: smoke, quick, full)
 - `models.<family>`    -> the family's Config class (models/<family>.py)
 - `evaluate`           -> EvalConfig
@@ -70,14 +71,20 @@ class TrainConfig(_Strict):
 @dataclasses.dataclass
 class EvalConfig(_Strict):
     n_samples: int = 2500  # samples of 2-D data drawn for the mode statistics and the scatter
-    n_image_samples: int = 64  # samples of image data drawn for the grid (autoregressive sampling is O(pixels))
+    n_image_samples: int = 1000  # samples of image data for FID & co. (10,000 in the papers)
+    sample_budget_seconds: float = 120.0  # stop drawing image samples after this long (min. 64): O(pixels) samplers
     likelihood_examples: int = 2000  # test examples for the likelihood (0: whole test split)
+    parzen_examples: int = 1000  # validation rows to choose sigma, test rows to score
+    real_examples: int = 2000  # test images whose features stand for the data in FID & co.
     seed: int = 1234
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_samples <= 0 or self.n_image_samples <= 0 or self.likelihood_examples < 0:
-            raise ConfigError("evaluate.n_samples must be positive and likelihood_examples not negative")
+        for key in ("n_samples", "n_image_samples", "parzen_examples", "real_examples", "sample_budget_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"evaluate.{key} must be positive, got {getattr(self, key)}")
+        if self.likelihood_examples < 0:
+            raise ConfigError("evaluate.likelihood_examples must not be negative")
 
 
 @dataclasses.dataclass
@@ -86,6 +93,7 @@ class Params:
 
     datasets: list[str]
     prepare: dict[str, dict]
+    evaluators: dict[str, dict]  # checked by genzoo.evaluator_stage
     train: dict[str, TrainConfig]
     models: dict[str, dict]
     evaluate: EvalConfig
@@ -104,7 +112,7 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc})") from None
-    known = {"datasets", "prepare", "train", "models", "evaluate"}
+    known = {"datasets", "prepare", "evaluators", "train", "models", "evaluate"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in {path} (known: {', '.join(sorted(known))})")
@@ -117,6 +125,7 @@ def load_params(path: str | Path) -> Params:
     return Params(
         datasets=list(raw.get("datasets") or []),
         prepare=dict(raw.get("prepare") or {}),
+        evaluators=dict(raw.get("evaluators") or {}),
         train={k: TrainConfig.from_dict(v, f"train.{k}") for k, v in (raw.get("train") or {}).items()},
         models={k: dict(v or {}) for k, v in models.items()},
         evaluate=EvalConfig.from_dict(raw.get("evaluate") or {}, "evaluate"),

@@ -154,7 +154,9 @@ def accuracy(model: Evaluator, x: Any, y: Any) -> float:
 def train_evaluator(train_x: Any, train_y: Any, val_x: Any, val_y: Any, epochs: int = 3, batch_size: int = 128,
                     seed: int = 0, log: Callable[[str], None] = print, *, num_classes: int | None = None,
                     lr: float = 1e-3, config: dict[str, Any] | None = None) -> tuple[Evaluator, float]:
-    """Train an Evaluator with Adam and cross-entropy; returns (model in eval mode, validation accuracy).
+    """Train an Evaluator with Adam (one-cycle schedule peaking at `lr`) and cross-entropy.
+
+    Returns (model in eval mode, validation accuracy after the last epoch).
 
     The image shape is that of train_x; num_classes defaults to the largest label
     + 1. `config` holds further EvaluatorConfig keys (width, feature_dim, dropout).
@@ -176,6 +178,8 @@ def train_evaluator(train_x: Any, train_y: Any, val_x: Any, val_y: Any, epochs: 
     torch.manual_seed(seed)
     model = Evaluator(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * -(-len(train_x) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)  # warm-up, then cosine decay
     gen = torch.Generator().manual_seed(seed)
     val_acc = float("nan")
     for epoch in range(epochs):
@@ -188,6 +192,7 @@ def train_evaluator(train_x: Any, train_y: Any, val_x: Any, val_y: Any, epochs: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
             total, seen = total + loss.item() * len(idx), seen + len(idx)
         val_acc = accuracy(model, val_x, val_y)
         log(f"evaluator epoch {epoch + 1}/{epochs}: train loss {total / seen:.4f}, "

@@ -16,10 +16,11 @@ def new_project(root: Path, params_update: dict | None = None) -> Path:
     """Copy dvc.yaml, params.yaml (updated section by section) and the code the prepare stages
     depend on into `root`, and make it a DVC project (no git) with a local remote."""
     root = Path(root)
-    (root / "data").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    for f in (REPO / "data").glob("*.py"):
-        shutil.copy(f, root / "data" / f.name)
+    for package in ("data", "genzoo"):  # the code files dvc.yaml stages depend on
+        (root / package).mkdir(parents=True, exist_ok=True)
+        for f in (REPO / package).glob("*.py"):
+            shutil.copy(f, root / package / f.name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in (params_update or {}).items():
         for key, value in values.items():

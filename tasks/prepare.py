@@ -14,6 +14,13 @@ from data.errors import DataError
 from genzoo.config import load_params
 
 PREPARED = Path("data") / "prepared"
+EVALUATORS = Path("data") / "evaluators"
+
+
+def evaluator_dir(root: Path, name: str) -> Path | None:
+    """The trained evaluator of an image dataset (a DVC output), if it has one."""
+    folder = Path(root) / EVALUATORS / name
+    return folder if (folder / "evaluator.pt").is_file() else None
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -41,8 +48,9 @@ def prepare_datasets(specs: list[str], root: str) -> dict[str, str]:
         raise DataError(f"dataset {missing[0]} is not in the datasets list of params.yaml, so dvc.yaml has no stage for it")
     out: dict[str, str] = {}
     if builtin:
-        print(f"[genzoo] dvc repro {' '.join('prepare@' + s for s in builtin)}", flush=True)
-        print(dvc(root_path, "repro", *[f"prepare@{s}" for s in builtin]).strip(), flush=True)
+        stages = [f"prepare@{s}" for s in builtin] + [f"evaluator@{s}" for s in builtin if s in params.evaluators]
+        print(f"[genzoo] dvc repro {' '.join(stages)}", flush=True)
+        print(dvc(root_path, "repro", *stages).strip(), flush=True)
         out.update({s: str(root_path / PREPARED / s) for s in builtin})
     for spec in specs:
         if data.is_builtin(spec):

@@ -53,3 +53,36 @@ def register(run_id: str, weights: str, name: str, data_shape: list[int], tags: 
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     client().set_tag(run_id, "genzoo.registered_model", f"{name}/{version.version}")
     return str(version.version)
+
+
+@task(name="register-evaluator", retries=2, retry_delay_seconds=2)
+def register_evaluator(root: str, dataset: str, folder: str) -> str:
+    """Register `evaluator-<dataset>` once per trained evaluator (keyed by the weights' sha256)."""
+    import hashlib
+    import json
+
+    import mlflow
+
+    import genzoo.pyfunc_evaluator
+    from tasks import tracking
+    from tasks.services import client
+
+    weights = Path(folder) / "evaluator.pt"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    name = f"evaluator-{dataset}"
+    for v in client().search_model_versions(f"name='{name}'"):
+        if v.tags.get("weights_sha256") == digest:
+            return str(v.version)
+    metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    run_id = tracking.start_run(Path(root), name, tags={"genzoo.dataset": dataset, "genzoo.kind": "evaluator"})
+    tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if isinstance(v, float)})
+    tracking.log_params(run_id, {"source": metrics["source"], "binarized": str(metrics["binarized"]),
+                                 "data_hash": metrics["data_hash"]})
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
+        info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.pyfunc_evaluator.__file__,
+                                       artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
+    tracking.end_run(run_id)
+    version = mlflow.register_model(info.model_uri, name, tags={"weights_sha256": digest,
+                                                                "test_accuracy": f"{metrics['test_accuracy']:.4f}"})
+    return str(version.version)

@@ -1,16 +1,23 @@
-"""The comparison table at the end of a pipeline run: printed, saved under reports/, logged to MLflow."""
+"""The comparison report of a pipeline run, rebuilt from MLflow (so `genzoo report RUN` and the
+flow's last step are one code path): Markdown + self-contained HTML under reports/<run>/, a DVC
+metrics file, and copies logged to the parent MLflow run."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
+import tempfile
 from pathlib import Path
 
 from prefect import task
 
-COLUMNS = [
-    ("family", "family"), ("dataset", "dataset"), ("status", "status"), ("likelihood", "likelihood_method"),
-    ("test NLL (nats)", "test_nll"), ("bits/dim", "test_bits_per_dim"), ("modes", "modes"),
+COLUMNS = [  # (header, row key)
+    ("branch", "branch"), ("family", "family"), ("dataset", "dataset"), ("status", "status"),
+    ("likelihood", "likelihood_method"), ("test NLL (nats)", "test_nll"), ("bits/dim", "test_bits_per_dim"),
+    ("Parzen (nats, legacy)", "parzen_ll"), ("FID", "fid"), ("KID", "kid"), ("precision", "precision"),
+    ("recall", "recall"), ("density", "density"), ("coverage", "coverage"), ("modes", "modes"),
     ("high-quality", "high_quality_fraction"), ("KL(modes||unif)", "kl_to_uniform"),
     ("train s", "train_seconds"), ("ms/sample", "ms_per_sample"), ("registered", "registered"),
 ]
@@ -20,41 +27,111 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:.4g}" if abs(v) < 10000 else f"{v:.0f}"
     return str(v)
 
 
-def comparison_table(rows: list[dict]) -> str:
-    """A Markdown table, one row per (family, dataset)."""
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        r = dict(r)
-        if "modes_captured" in r:
-            r["modes"] = f"{r['modes_captured']}/{r['modes_total']}"
-        if "sample_seconds_per_sample" in r:
-            r["ms_per_sample"] = 1000 * r["sample_seconds_per_sample"]
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for _, k in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-@task(name="report")
-def report(rows: list[dict], skipped: list[str], out_dir: str, parent_run_id: str, title: str) -> str:
+def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[dict], list[str]]:
+    """(parent info, one row per child run in taxonomy order, skipped pairings)."""
+    from models import FAMILIES
     from tasks.services import client
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = f"# {title}\n\n{comparison_table(rows)}\n"
+    c = client()
+    parent = c.get_run(parent_run_id)
+    children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                             max_results=1000)
+    rows = []
+    for ch in children:
+        tags, metrics, params = ch.data.tags, ch.data.metrics, ch.data.params
+        row = {"family": tags.get("genzoo.family"), "dataset": tags.get("genzoo.dataset"),
+               "branch": tags.get("genzoo.branch", ""), "status": ch.info.status,
+               "reason": tags.get("genzoo.failure_reason", ""), "registered": tags.get("genzoo.registered_model"),
+               "run_id": ch.info.run_id, "likelihood_method": params.get("eval.likelihood_method")}
+        row.update({k[len("eval."):]: v for k, v in metrics.items() if k.startswith("eval.")})
+        for key in ("train_seconds", "sample_seconds_per_sample", "samples_drawn"):
+            if key in metrics:
+                row[key] = metrics[key]
+        if "modes_captured" in row:
+            row["modes"] = f"{int(row['modes_captured'])}/{int(row['modes_total'])}"
+        if "sample_seconds_per_sample" in row:
+            row["ms_per_sample"] = 1000 * row["sample_seconds_per_sample"]
+        if row["likelihood_method"] == "none":
+            row["likelihood_method"] = None
+        rows.append(row)
+    order = {name: i for i, name in enumerate(FAMILIES)}
+    rows.sort(key=lambda r: (r["dataset"] or "", order.get(r["family"], 99)))
+    skipped = json.loads(parent.data.tags.get("genzoo.skipped", "[]"))
+    info = {"run_id": parent_run_id, "name": parent.info.run_name, "preset": parent.data.params.get("preset", "")}
+    return info, rows, skipped
+
+
+def markdown(info: dict, rows: list[dict], skipped: list[str]) -> str:
+    lines = [f"# genzoo comparison: {info['name']} ({info['preset']})", "",
+             "| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for _, k in COLUMNS) + " |" for r in rows]
     failed = [r for r in rows if r["status"] != "FINISHED"]
     if failed:
-        text += "\nFailed trainings:\n" + "".join(f"- {r['family']}-{r['dataset']}: {r.get('reason', '')}\n" for r in failed)
+        lines += ["", "Failed trainings:"] + [f"- {r['family']}-{r['dataset']}: {r['reason']}" for r in failed]
     if skipped:
-        text += "\nSkipped pairings:\n" + "".join(f"- {s}\n" for s in skipped)
-    (out / "comparison.md").write_text(text)
-    (out / "comparison.json").write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=2, default=str) + "\n")
-    latest = out.parent / "latest.md"
-    latest.write_text(text)
+        lines += ["", "Skipped pairings:"] + [f"- {s}" for s in skipped]
+    lines += ["", "Protocols: test NLL is the family's own likelihood (exact, bound or estimate, see `likelihood`) "
+              "in nats per example; Parzen is the legacy Gaussian-window estimate (Goodfellow et al. 2014; "
+              "Theis et al. 2016 show it can rank models wrongly); FID/KID/precision/recall/density/coverage use "
+              "the dataset's own evaluator network (`evaluator-<dataset>` in MLflow), so they compare models "
+              "within genzoo, not with published Inception scores; modes: PacGAN/VEEGAN protocol."]
+    return "\n".join(lines) + "\n"
+
+
+def html_page(info: dict, rows: list[dict], skipped: list[str], pictures: dict[str, bytes]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for _, k in COLUMNS) + "</tr>"
+                   for r in rows)
+    figs = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(key)}">'
+        f"<figcaption>{html.escape(key)}</figcaption></figure>" for key, png in pictures.items())
+    notes = "".join(f"<li>{html.escape(s)}</li>" for s in skipped)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>genzoo {html.escape(info['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}figure{{display:inline-block;margin:6px}}
+img{{max-width:260px}}</style></head><body><h1>genzoo comparison: {html.escape(info['name'])}
+({html.escape(info['preset'])})</h1><table><tr>{head}</tr>{body}</table>
+{f'<h2>Skipped pairings</h2><ul>{notes}</ul>' if notes else ''}<h2>Samples</h2>{figs}</body></html>
+"""
+
+
+def write_report(parent_run_id: str, reports_dir: Path) -> Path:
+    from tasks.services import client
+
+    info, rows, skipped = rows_from_mlflow(parent_run_id)
+    out = Path(reports_dir) / info["name"]
+    out.mkdir(parents=True, exist_ok=True)
     c = client()
-    c.log_artifact(parent_run_id, str(out / "comparison.md"))
-    c.log_artifact(parent_run_id, str(out / "comparison.json"))
+    pictures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in rows:
+            if r["status"] == "FINISHED":
+                try:
+                    pictures[f"{r['family']}-{r['dataset']}"] = Path(
+                        c.download_artifacts(r["run_id"], "samples.png", tmp)).read_bytes()
+                except Exception:  # a run without a picture (e.g. failed before sampling)
+                    pass
+    text = markdown(info, rows, skipped)
+    (out / "comparison.md").write_text(text)
+    (out / "comparison.html").write_text(html_page(info, rows, skipped, pictures))
+    (out / "comparison.json").write_text(json.dumps({"run": info, "rows": rows, "skipped": skipped}, indent=2) + "\n")
+    numbers = {f"{r['family']}-{r['dataset']}": {k: v for k, v in r.items()
+                                                   if isinstance(v, (int, float)) and math.isfinite(v)}
+               for r in rows}
+    (out / "metrics.json").write_text(json.dumps(numbers, indent=2, sort_keys=True) + "\n")
+    # the latest report at fixed paths: what dvc.yaml declares as metrics
+    for name in ("comparison.md", "comparison.html", "metrics.json"):
+        (Path(reports_dir) / name).write_text((out / name).read_text())
+    for name in ("comparison.md", "comparison.html", "comparison.json", "metrics.json"):
+        c.log_artifact(parent_run_id, str(out / name))
     print("\n" + text, flush=True)
-    return str(out / "comparison.md")
+    return out / "comparison.md"
+
+
+@task(name="report", retries=2, retry_delay_seconds=2)
+def report(parent_run_id: str, reports_dir: str) -> str:
+    return str(write_report(parent_run_id, Path(reports_dir)))

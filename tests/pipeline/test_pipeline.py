@@ -37,6 +37,11 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
     assert 0 <= rows["gan", "ring8"]["modes_captured"] <= 8 and "kl_to_uniform" in rows["gan", "ring8"]
     assert np.isfinite(rows["vae", "digits"]["test_nll"]) and rows["vae", "digits"]["test_bits_per_dim"] > 0
     assert "test_nll" not in rows["gan", "digits"]
+    for (fam, ds), r in rows.items():  # the legacy Parzen estimate for every family
+        assert np.isfinite(r["parzen_ll"]) and r["parzen_sigma"] > 0
+        if ds == "digits":  # image quality on the evaluator's features
+            assert r["fid"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["coverage"] <= 1 and "kid" in r
+            assert r["evaluator_test_accuracy"] > 0.5 and r["metric_samples"] == 200
     # the four trainings ran at the same time on the one Ray cluster
     assert max(r["started_at"] for r in rows.values()) < min(r["ended_at"] for r in rows.values())
     report = Path(first_run["report"]).read_text()
@@ -64,6 +69,20 @@ def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, proj
         versions = c.search_model_versions(f"name='{fam}-{ds}'")
         assert len(versions) == 1 and versions[0].run_id == child.info.run_id
         assert versions[0].tags["data_hash"] == child.data.tags["genzoo.data_hash"]
+
+
+def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
+    report = Path(first_run["report"])
+    page = (report.parent / "comparison.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "FID" in page
+    versions = client().search_model_versions("name='evaluator-digits'")
+    assert len(versions) == 1 and float(versions[0].tags["test_accuracy"]) > 0.5
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=project, capture_output=True,
+                           text=True, check=True).stdout
+    assert "reports/metrics.json" in shown and "gan-ring8" in shown
+    report.unlink()
+    assert main(["report", first_run["run_name"]]) == 0
+    assert report.read_text().count("| FINISHED |") == 4
 
 
 def test_fetch_registered_models(first_run, tmp_path):

@@ -1,0 +1,28 @@
+"""MLflow pyfunc of a dataset's evaluator network: predict(images (n, C, H, W) in [0, 1]) -> class
+probabilities (n, classes). Registered as `evaluator-<dataset>`; logged "from code" like genzoo.pyfunc."""
+
+import warnings
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class EvaluatorModel(PythonModel):
+    def load_context(self, context):
+        from pathlib import Path
+
+        from genzoo import evaluator_stage
+
+        self.net, self.meta = evaluator_stage.load(Path(context.artifacts["evaluator"]))
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+
+        from genzoo.evaluator import predict_logits
+
+        return predict_logits(self.net, np.asarray(model_input, dtype=np.float32)).softmax(-1).numpy()
+
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+    mlflow.models.set_model(EvaluatorModel())

@@ -1,10 +1,9 @@
 """A small CNN classifier whose penultimate layer supplies the features for genzoo.quality.
 
 FID, KID and the k-NN measures compare feature vectors; on MNIST-like data an
-Inception network trained on ImageNet is the wrong ruler, so (as in the GAN
-literature on MNIST, e.g. the "classifier FID" of Binkowski et al. 2018, Appendix)
-genzoo trains a small classifier on the data set itself and uses its
-penultimate activations.
+Inception network trained on ImageNet is the wrong ruler, so (as is common when
+evaluating generative models on MNIST-scale data) genzoo trains a small
+classifier on the data set itself and uses its penultimate activations.
 
 Architecture (H, W >= 4; single-channel images in [0, 1], shape (n, 1, H, W)):
     conv3x3(C->w) BN ReLU, maxpool2         # (w, H/2, W/2)
@@ -88,9 +87,12 @@ class Evaluator(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         expected = self.config.image_shape
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            got = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-            raise ValueError(f"the evaluator was built for images of shape (n, {', '.join(map(str, expected))}), got {got}")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"the evaluator takes a torch.Tensor of images, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"the evaluator was built for images of shape (n, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations (n, feature_dim), the input of the metrics in genzoo.quality."""

@@ -111,7 +111,9 @@ def _knn_sq_radii(x: np.ndarray, k: int) -> np.ndarray:
     radii = np.empty(len(x))
     for rows in _row_chunks(len(x), len(x)):
         d2 = _sq_distances(x[rows], x, x_sq)  # (chunk, n)
-        radii[rows] = np.partition(d2, k, axis=1)[:, k]  # index 0 is the row itself (distance 0)
+        own = np.arange(rows.start, rows.stop)
+        d2[own - rows.start, own] = 0.0  # each row's distance to itself, exactly (the formula leaves rounding)
+        radii[rows] = np.partition(d2, k, axis=1)[:, k]  # index 0 is the row itself
     return radii
 
 
@@ -131,8 +133,11 @@ def frechet_distance_from_statistics(mu1: object, sigma1: object, mu2: object, s
     The square root is scipy.linalg.sqrtm of S1 S2, whose real part is kept (tiny
     imaginary parts come from rounding). As in pytorch-fid: when the product is
     singular enough that sqrtm returns non-finite values, `eps` is added to the
-    diagonal of both covariances and the root is recomputed (a warning says so);
-    an imaginary part above 1e-3 on the diagonal is an error, not rounding.
+    diagonal of both covariances and the root is recomputed (a RuntimeWarning says
+    so); an imaginary part above 1e-3 on the diagonal is an error, not rounding.
+    scipy's "Matrix is singular" LinAlgWarning on the first attempt is silenced:
+    singular products (dead feature units, fewer rows than features) are routine
+    and their finite roots accurate (checked against an eigendecomposition).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -144,7 +149,11 @@ def frechet_distance_from_statistics(mu1: object, sigma1: object, mu2: object, s
         )
     if not all(np.isfinite(v).all() for v in (mu1, mu2, s1, s2)):
         raise ValueError("the means and covariances must be finite (no NaN or inf)")
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings():
+        # singular products are common (dead ReLU units, fewer rows than features); scipy then warns
+        # "Matrix is singular" yet usually returns an accurate root. A non-finite one is handled below.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         warnings.warn(f"FID: the covariance product is singular; adding {eps} to the diagonal of both covariances",
                       RuntimeWarning, stacklevel=2)

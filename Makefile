@@ -37,3 +37,17 @@ ui: install
 
 clean:
 	rm -rf ray_results runs reports mlartifacts mlflow.db .prefect
+
+# Prefect deployments (prefect.yaml) on the server that `make ui` starts, run by a process worker:
+# `make deploy` once (and after changing prefect.yaml), `make worker` in a second terminal.
+PREFECT_API_URL ?= http://127.0.0.1:4200/api
+PREFECT_ENV := PREFECT_API_URL=$(PREFECT_API_URL) PREFECT_HOME=$(CURDIR)/.prefect GENZOO_PROJECT_DIR=$(CURDIR)
+.PHONY: deploy worker
+
+deploy: install
+	$(PREFECT_ENV) $(BIN)/prefect work-pool inspect genzoo >/dev/null 2>&1 || \
+	    $(PREFECT_ENV) $(BIN)/prefect work-pool create genzoo --type process
+	$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
+
+worker: install
+	$(PREFECT_ENV) $(BIN)/prefect worker start --pool genzoo

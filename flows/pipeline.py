@@ -60,19 +60,35 @@ def pipeline(
     fail_once_at_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Train and compare `families` on `datasets` with the `preset` budget."""
-    import data
-    import models
-    from tasks import tracking
-    from tasks.evaluate import evaluate, sample
-    from tasks.prepare import evaluator_dir, prepare_datasets
-    from tasks.register import register, register_evaluator
-    from tasks.report import report
-    from tasks.train import train
+    from tasks.prepare import prepare_datasets
+    from tasks.services import ensure_ray
 
     root = configure()
     logger = get_run_logger()
     params, train_cfg, model_cfgs = plan(families, datasets, preset, root, train_overrides, model_overrides)
     prepared = prepare_datasets(datasets, str(root))
+    owns_ray = ensure_ray()  # a flow run that started Ray (e.g. on a Prefect worker) also stops it
+    try:
+        return _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models,
+                    fail_once_at_epoch, root, logger)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models, fail_once_at_epoch, root,
+         logger) -> dict[str, Any]:
+    import data
+    import models
+    from tasks import tracking
+    from tasks.evaluate import evaluate, sample
+    from tasks.prepare import evaluator_dir
+    from tasks.promote import promote
+    from tasks.register import register, register_evaluator
+    from tasks.report import report
+    from tasks.train import train
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     tag = uuid.uuid4().hex[:6]
@@ -120,13 +136,18 @@ def pipeline(
                            res["out_dir"], res["run_id"])
                 row.update(s)
                 ev = evaluators[res["dataset"]]
-                row.update(evaluate(res["model_path"], res["dataset"], prepared[res["dataset"]], s["samples"],
-                                    ecfg.to_dict(), res["run_id"], None if ev is None else str(ev)))
+                ev_metrics = evaluate(res["model_path"], res["dataset"], prepared[res["dataset"]], s["samples"],
+                                      ecfg.to_dict(), res["run_id"], None if ev is None else str(ev))
+                row.update(ev_metrics)
                 if register_models:
                     manifest = data.load(prepared[res["dataset"]]).manifest
-                    row["registered"] = "{}/{}".format(f"{res['family']}-{res['dataset']}", register(
-                        res["run_id"], res["model_path"], f"{res['family']}-{res['dataset']}", manifest["shape"],
-                        {"data_hash": manifest["hash"], "family": res["family"], "dataset": res["dataset"]}))
+                    name = f"{res['family']}-{res['dataset']}"
+                    version = register(res["run_id"], res["model_path"], name, manifest["shape"],
+                                       {"data_hash": manifest["hash"], "family": res["family"],
+                                        "dataset": res["dataset"]})
+                    decision = promote(tracking.client(), name, version, ev_metrics, ev_metrics["likelihood_kind"])
+                    row.update(registered=f"{name}/{version}", decision=decision["decision"],
+                               decision_reason=decision["reason"])
                 tracking.end_run(res["run_id"])
             except Exception as exc:  # evaluation of one model must not sink the others
                 row.update(status="FAILED", reason=f"evaluation failed: {exc}")

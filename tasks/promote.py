@@ -25,6 +25,7 @@ REASON_TAG = "genzoo.decision_reason"
 PRIMARY_TAG = "genzoo.primary_metric"
 KIND_TAG = "genzoo.likelihood_kind"
 SUPERSEDED_TAG = "genzoo.superseded_by"
+DATA_TAG = "data_hash"  # set by the register task: the DVC data version the metrics were measured on
 
 NO_METRIC = "no comparable metric"
 
@@ -48,6 +49,11 @@ class Primary(NamedTuple):
         if isinstance(self.value, tuple):
             return f"{self.value[0]:g} modes (KL to uniform {self.value[1]:.4g})"
         return f"{self.name} {self.value:.6g}"
+
+    def rule(self) -> str:
+        if isinstance(self.value, tuple):
+            return "more modes, then lower KL, is better"
+        return f"{'higher' if self.higher_is_better else 'lower'} is better"
 
 
 def _finite(metrics: dict[str, Any], key: str) -> float | None:
@@ -103,13 +109,19 @@ def promote(client, name: str, version: str | int, metrics: dict[str, Any], like
     else:
         champ = client.get_model_version(name, str(current))
         old = primary_metric(champ.tags.get(KIND_TAG, likelihood_kind), stored_metrics(champ.tags))
-        direction = "higher" if new.higher_is_better else "lower"
-        if old is None or old.name != new.name:
+        data_new, data_old = client.get_model_version(name, version).tags.get(DATA_TAG), champ.tags.get(DATA_TAG)
+        if data_new and data_old and data_new != data_old:
+            # NOTE: test metrics on two data versions are not comparable; the champion stays until a
+            # person moves the alias (or the champion is re-evaluated on the new data).
+            decision, reason = CHALLENGER, (f"{NO_METRIC}: champion v{current} was evaluated on data {data_old}, "
+                                            f"this version on data {data_new}")
+        elif old is None or old.name != new.name:
             decision, reason = CHALLENGER, f"{NO_METRIC}: champion v{current} has no stored {new.name}"
-        elif new.score() > old.score():
-            decision, reason = CHAMPION, f"{new.describe()} beats champion v{current}'s {old.describe()} ({direction} is better)"
         else:
-            decision, reason = CHALLENGER, f"{new.describe()} does not beat champion v{current}'s {old.describe()} ({direction} is better)"
+            beats = new.score() > old.score()  # a tie keeps the champion
+            decision = CHAMPION if beats else CHALLENGER
+            verb = "beats" if beats else "does not beat"
+            reason = f"{new.describe()} {verb} champion v{current}'s {old.describe()} ({new.rule()})"
 
     for key, value in {**tags, DECISION_TAG: decision, REASON_TAG: reason}.items():
         client.set_model_version_tag(name, version, key, value)

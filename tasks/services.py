@@ -10,19 +10,21 @@ _lock = threading.Lock()
 EXPERIMENT = "genzoo"
 
 
-def ensure_ray() -> None:
-    """Connect to RAY_ADDRESS when set, else start (or reuse) a local Ray instance."""
+def ensure_ray() -> bool:
+    """Connect to RAY_ADDRESS when set, else start (or reuse) a local Ray instance.
+    Returns True when this call connected (so the caller owns the shutdown)."""
     import ray
 
     with _lock:
         if ray.is_initialized():
-            return
+            return False
         address = os.environ.get("RAY_ADDRESS") or None
         kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
         if address is None:
             # Keep the object store modest: the datasets here are small and /dev/shm is shared.
             kwargs["object_store_memory"] = int(os.environ.get("GENZOO_RAY_OBJECT_STORE_BYTES", 1_000_000_000))
         ray.init(address=address, **kwargs)
+        return True
 
 
 def cluster_has_gpus() -> bool:

@@ -11,12 +11,13 @@ import pytest
 from tasks.promote import CHAMPION, primary_metric, promote
 
 
-@pytest.fixture()
-def client(tmp_path):
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """One store for the module (creating its tables costs seconds); each test uses its own model names."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture()
@@ -26,10 +27,11 @@ def register(client, tmp_path):
     source.mkdir()
     (source / "MLmodel").write_text("dummy\n")
 
-    def new_version(name: str) -> str:
+    def new_version(name: str, data_hash: str | None = None) -> str:
         if not client.search_registered_models(f"name='{name}'"):
             client.create_registered_model(name)
-        return str(client.create_model_version(name, source=str(source)).version)
+        tags = {"data_hash": data_hash} if data_hash else None  # as the register task tags them
+        return str(client.create_model_version(name, source=str(source), tags=tags).version)
 
     return new_version
 
@@ -60,8 +62,9 @@ def test_first_version_becomes_champion_worse_stays_challenger_better_takes_the_
     assert out["decision"] == "champion" and "first" in out["reason"]
     assert champion(client, name) == v1
     t1 = tags(client, name, v1)
-    assert t1["metric.test_nll"] == "2.0" and t1["genzoo.decision"] == "champion" and "likelihood_kind" not in str(
-        [k for k in t1 if k.startswith("metric.")])
+    assert t1["metric.test_nll"] == "2.0" and t1["metric.test_nll_stderr"] == "0.1"
+    assert "metric.likelihood_kind" not in t1 and t1["genzoo.likelihood_kind"] == "bound"
+    assert t1["genzoo.decision"] == "champion" and t1["genzoo.primary_metric"] == "test_nll"
 
     v2 = register(name)  # worse (higher NLL): keeps no alias, tagged challenger with the reason
     out = promote(client, name, v2, {"test_nll": 2.5}, "bound")
@@ -125,3 +128,14 @@ def test_fid_lower_is_better_and_promoting_twice_changes_nothing(client, registe
     assert promote(client, name, v2, {"fid": 25.0}, "none")["decision"] == "champion"
     assert promote(client, name, v2, {"fid": 25.0}, "none") == {"decision": "champion", "reason": "already the champion"}
     assert champion(client, name) == v2
+
+
+def test_metrics_on_another_data_version_are_not_compared(client, register):
+    name = "vae-digits"
+    v1 = register(name, data_hash="aaaa")
+    promote(client, name, v1, {"test_nll": 50.0}, "bound")
+    v2 = register(name, data_hash="bbbb")  # a far better NLL, but on other test data
+    out = promote(client, name, v2, {"test_nll": 10.0}, "bound")
+    assert out["decision"] == "challenger" and "data aaaa" in out["reason"] and "data bbbb" in out["reason"]
+    v3 = register(name, data_hash="aaaa")
+    assert promote(client, name, v3, {"test_nll": 40.0}, "bound")["decision"] == "champion"

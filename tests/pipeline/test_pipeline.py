@@ -69,6 +69,7 @@ def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, proj
         versions = c.search_model_versions(f"name='{fam}-{ds}'")
         assert len(versions) == 1 and versions[0].run_id == child.info.run_id
         assert versions[0].tags["data_hash"] == child.data.tags["genzoo.data_hash"]
+        assert c.get_model_version_by_alias(f"{fam}-{ds}", "champion").version == "1"  # first version: champion
 
 
 def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
@@ -88,7 +89,7 @@ def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
 def test_fetch_registered_models(first_run, tmp_path):
     import mlflow
 
-    assert main(["fetch", "gan-digits", "-n", "16", "-o", str(tmp_path / "grid.png")]) == 0
+    assert main(["fetch", "gan-digits@champion", "-n", "16", "-o", str(tmp_path / "grid.png")]) == 0
     from PIL import Image
 
     with Image.open(tmp_path / "grid.png") as im:
@@ -130,6 +131,9 @@ def test_failures_are_contained_and_workers_resume(first_run, project):
     assert failed.info.status == "FAILED" and "non-finite" in failed.data.tags["genzoo.failure_reason"]
     assert len(c.search_model_versions("name='vae-ring8'")) == 1  # nothing new registered
     assert len(c.search_model_versions("name='gan-ring8'")) == 2
+    second = c.get_model_version("gan-ring8", "2")
+    assert second.tags["genzoo.decision"] in ("champion", "challenger") and second.tags["genzoo.decision_reason"]
+    assert rows["gan"]["decision"] == second.tags["genzoo.decision"]
     scratch = project / "ray_results" / "_scratch" / rows["gan"]["ray_run"]
     assert (scratch / "injected-failure").exists()  # the worker did die once ...
     assert [m.step for m in c.get_metric_history(rows["gan"]["run_id"], "loss")] == [1, 2]  # ... and resumed

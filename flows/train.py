@@ -1,0 +1,20 @@
+"""The `train` flow: one family on one dataset, i.e. the `pipeline` flow (as a subflow) with one pair.
+
+It is the deployment to pick in the Prefect UI for a single model: the form asks
+for a family, a dataset and a budget, and the result is registered as
+`<family>-<dataset>` (and promoted to `@champion` when it beats the current one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+
+from flows.pipeline import pipeline
+
+
+@flow(name="train", log_prints=True)
+def train(family: str, dataset: str, preset: Literal["smoke", "quick", "full"] = "quick") -> dict[str, Any]:
+    """Train, evaluate and register `family` on `dataset` with the `preset` budget."""
+    return pipeline(families=[family], datasets=[dataset], preset=preset)

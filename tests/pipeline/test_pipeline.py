@@ -69,7 +69,7 @@ def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, proj
         versions = c.search_model_versions(f"name='{fam}-{ds}'")
         assert len(versions) == 1 and versions[0].run_id == child.info.run_id
         assert versions[0].tags["data_hash"] == child.data.tags["genzoo.data_hash"]
-        assert c.get_model_version_by_alias(f"{fam}-{ds}", "champion").version == "1"  # first version: champion
+        assert str(c.get_model_version_by_alias(f"{fam}-{ds}", "champion").version) == "1"  # first version: champion
 
 
 def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):

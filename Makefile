@@ -27,6 +27,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/sampling.py
 
 # The two UIs on 127.0.0.1 (Ctrl-C stops both).
 ui: install

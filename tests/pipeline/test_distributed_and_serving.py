@@ -1,0 +1,84 @@
+"""Data-parallel training over real Ray workers, and serving a registered model over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genzoo.config import TrainConfig
+
+
+def test_two_workers_match_one_worker_with_the_same_global_batch(services, tmp_path):
+    """MADE's training step has no noise of its own, so 2 workers x 32 examples must take the
+    same steps as 1 worker x 64 examples (gradients all-reduced over gloo)."""
+    from tasks.train import train_on_ray
+
+    x = (np.random.default_rng(0).random((512, 1, 4, 4)) < 0.3).astype(np.uint8)
+    arrays, manifest = {"train": x, "val": x[:64]}, {"kind": "binary", "levels": 2}
+    model = {"data_shape": [1, 4, 4], "data_kind": "binary", "levels": 2, "hidden": [32], "lr": 0.01}
+    train = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=4, cpus_per_worker=0.5, val_examples=0,
+                        max_failures=0).to_dict()
+    one = train_on_ray("made", "dp", arrays, manifest, model, {**train, "num_workers": 1}, tmp_path)
+    two = train_on_ray("made", "dp", arrays, manifest, model, {**train, "num_workers": 2}, tmp_path)
+    assert one.status == two.status == "FINISHED", (one.reason, two.reason)
+    torch.manual_seed(0)
+    import models
+
+    initial = models.build("made", model).state_dict()
+    moved = 0
+    for key, a in one.state["state_dict"].items():
+        b = two.state["state_dict"][key]
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), key
+        moved += int(not torch.equal(a, initial[key]))
+    assert moved > 0, "training changed nothing"
+    assert one.history[-1]["loss"] == pytest.approx(two.history[-1]["loss"], rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_samples(services, project, tmp_path):
+    from flows.pipeline import pipeline
+
+    result = pipeline(families=["gan"], datasets=["grid25"], preset="smoke")
+    assert result["rows"][0]["status"] == "FINISHED"
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", "models:/gan-grid25@champion", "--env-manager",
+                             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"mlflow models serve did not start: {proc.stdout.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_records": [{"n": 5, "seed": 3}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        samples = np.asarray(answer["predictions"])
+        assert samples.shape == (5, 2) and np.isfinite(samples).all()
+        again = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert np.array_equal(np.asarray(again["predictions"]), samples)  # same seed, same samples
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

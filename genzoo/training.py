@@ -25,10 +25,12 @@ class NonFiniteLoss(RuntimeError):
 EpochHook = Callable[[int, dict[str, float], dict[str, Any]], None]
 
 
-def training_state(model: GenerativeModel, optimizers: dict, epoch: int, history: list) -> dict[str, Any]:
-    """Everything needed to resume: weights, config, optimiser states, epoch, metric history."""
+def training_state(model: GenerativeModel, optimizers: dict, epoch: int, history: list,
+                   resumed_from: list[int] | None = None) -> dict[str, Any]:
+    """Everything needed to resume: weights, config, optimiser states, epoch, metric history,
+    and the epochs this training was resumed from (after worker failures)."""
     return {**model.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "epoch": epoch, "history": history}
+            "epoch": epoch, "history": history, "resumed_from": list(resumed_from or [])}
 
 
 def _mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -61,12 +63,13 @@ def fit(
     device = model.device
     optimizers = model.configure_optimizers()
     history: list[dict[str, float]] = []
-    start = 0
+    start, resumed_from = 0, []
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         for k, o in optimizers.items():
             o.load_state_dict(resume["optimizers"][k])
         start, history = resume["epoch"], list(resume["history"])
+        resumed_from = list(resume.get("resumed_from", [])) + [start]
         log(f"resuming from the checkpoint of epoch {start}")
     n = len(train)
     per_worker = cfg.batch_size // world_size
@@ -95,7 +98,7 @@ def fit(
             shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items())
             log(f"{model.name} epoch {epoch + 1}/{cfg.epochs}: {shown}")
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, epoch_metrics, training_state(model, optimizers, epoch + 1, history))
+            on_epoch_end(epoch + 1, epoch_metrics, training_state(model, optimizers, epoch + 1, history, resumed_from))
     return history
 
 

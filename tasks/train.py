@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 import tempfile
 import uuid
@@ -65,6 +66,8 @@ def _worker(cfg: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
 
+    # Which process trains (operators and tests can find, watch or kill it); rewritten on restart.
+    (Path(cfg["scratch"]) / f"worker-{rank}.pid").write_text(str(os.getpid()))
     fail_at = cfg.get("fail_once_at_epoch")
     marker = Path(cfg["scratch"]) / "injected-failure"
 
@@ -243,7 +246,10 @@ def train(
                            root_path / "ray_results", run_tag, fail_once_at_epoch)
     tracking.log_history(run_id, outcome.history)
     tracking.log_metrics(run_id, {"train_seconds": outcome.seconds})
+    if outcome.state and outcome.state.get("resumed_from"):
+        tracking.client().set_tag(run_id, "genzoo.resumed_from_epochs", ",".join(map(str, outcome.state["resumed_from"])))
     summary = {"family": family, "dataset": dataset, "run_id": run_id, "status": outcome.status,
+               "resumed_from": (outcome.state or {}).get("resumed_from", []),
                "reason": outcome.reason, "train_seconds": outcome.seconds, "ray_run": outcome.ray_run,
                "started_at": started, "ended_at": time.time()}
     if outcome.status != "FINISHED":

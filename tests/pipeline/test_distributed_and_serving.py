@@ -82,3 +82,38 @@ def test_mlflow_models_serve_answers_with_samples(services, project, tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_killed_worker_resumes_from_its_checkpoint_and_registers_once(services, project):
+    """SIGKILL the Ray Train worker after its first checkpoint: Ray restarts it, training resumes
+    from that checkpoint, finishes, and the model is registered exactly once."""
+    import signal
+    import threading
+
+    from flows.pipeline import pipeline
+    from tasks.services import client
+
+    results = project / "ray_results"
+    before = {d.name for d in results.glob("gan-grid25-*")}
+    versions_before = len(client().search_model_versions("name='gan-grid25'"))
+    out: dict = {}
+    flow = threading.Thread(target=lambda: out.update(pipeline(
+        families=["gan"], datasets=["grid25"], preset="smoke", train_overrides={"epochs": 4, "steps_per_epoch": 400})))
+    flow.start()
+    killed, deadline = None, time.time() + 300
+    while killed is None and time.time() < deadline and flow.is_alive():
+        for run in results.glob("gan-grid25-*"):
+            pid_file = results / "_scratch" / run.name / "worker-0.pid"
+            # the controller has registered a checkpoint (one merely on disk may not be committed yet)
+            if run.name not in before and pid_file.exists() and (run / "checkpoint_manager_snapshot.json").exists():
+                killed = int(pid_file.read_text())
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    flow.join(timeout=600)
+    assert killed is not None, "never saw a checkpoint to kill the worker after"
+    row = out["rows"][0]
+    assert row["status"] == "FINISHED", row.get("reason")
+    assert row["resumed_from"] and 1 <= row["resumed_from"][0] < 4  # resumed, not restarted from scratch
+    assert len(client().search_model_versions("name='gan-grid25'")) == versions_before + 1
+    assert client().get_run(row["run_id"]).data.tags["genzoo.resumed_from_epochs"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prefect import task
@@ -23,9 +24,17 @@ def evaluator_dir(root: Path, name: str) -> Path | None:
     return folder if (folder / "evaluator.pt").is_file() else None
 
 
-def dvc(root: Path, *args: str) -> str:
-    """Run the DVC CLI of this interpreter in the project; a failure becomes a DataError naming the cause."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+def dvc(root: Path, *args: str, lock_wait_seconds: float = 600) -> str:
+    """Run the DVC CLI of this interpreter in the project; a failure becomes a DataError naming the cause.
+    Another pipeline run holding DVC's repository lock is waited for (it is transient), not an error."""
+    deadline = time.monotonic() + lock_wait_seconds
+    while True:
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+        if proc.returncode == 0 or "Unable to acquire lock" not in proc.stdout + proc.stderr:
+            break
+        if time.monotonic() > deadline:
+            raise DataError(f"another process has held DVC's lock in {root} for over {lock_wait_seconds:.0f} s")
+        time.sleep(2)
     if proc.returncode != 0:
         text = proc.stdout + proc.stderr
         ours = [line for line in text.splitlines() if line.startswith("error: ")]

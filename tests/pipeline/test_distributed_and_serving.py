@@ -117,3 +117,24 @@ def test_killed_worker_resumes_from_its_checkpoint_and_registers_once(services, 
     assert row["resumed_from"] and 1 <= row["resumed_from"][0] < 4  # resumed, not restarted from scratch
     assert len(client().search_model_versions("name='gan-grid25'")) == versions_before + 1
     assert client().get_run(row["run_id"]).data.tags["genzoo.resumed_from_epochs"]
+
+
+def test_two_pipeline_runs_at_once_keep_their_own_outputs(services, project):
+    """Concurrent runs: each has its own run folder, report, Ray run names and registry version
+    (DVC's repository lock is waited for, not an error)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.pipeline import pipeline
+    from tasks.services import client
+
+    before = len(client().search_model_versions("name='vae-grid25'"))
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: pipeline(families=["vae"], datasets=["grid25"], preset="smoke"), range(2)))
+    assert runs[0]["run_name"] != runs[1]["run_name"]
+    assert all(r["rows"][0]["status"] == "FINISHED" for r in runs)
+    assert runs[0]["rows"][0]["ray_run"] != runs[1]["rows"][0]["ray_run"]
+    assert Path(runs[0]["report"]).parent != Path(runs[1]["report"]).parent
+    versions = sorted(r["rows"][0]["registered"] for r in runs)
+    assert versions == [f"vae-grid25/{before + 1}", f"vae-grid25/{before + 2}"]
+    for r in runs:
+        assert Path(r["rows"][0]["model_path"]).is_file() and r["run_name"] in r["rows"][0]["model_path"]

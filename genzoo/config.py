@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from models.base import ConfigError, _coerce
+from models.base import ConfigError, _coerce, reject_unknown_keys
 
 PRESETS = ("smoke", "quick", "full")
 
@@ -29,10 +29,7 @@ class _Strict:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "") -> "_Strict":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values or {}) - known)
-        if unknown:
-            raise ConfigError(f"unknown key '{unknown[0]}' in {where or cls.__name__} (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(cls, values, where or None)
         return cls(**(values or {}))
 
     def to_dict(self) -> dict[str, Any]:

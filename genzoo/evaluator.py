@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ConfigError
+from models.base import ConfigError, reject_unknown_keys
 
 
 @dataclasses.dataclass
@@ -57,10 +57,7 @@ class EvaluatorConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EvaluatorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key '{unknown[0]}' for EvaluatorConfig (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(cls, values)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

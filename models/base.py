@@ -80,6 +80,16 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def reject_unknown_keys(cls: type, values: dict[str, Any], where: str | None = None) -> None:
+    """Typed configs take no key they do not know: one sentence naming the first unknown one."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values or {}) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{unknown[0]}' for {where or cls.__name__} (known keys: {', '.join(sorted(known))})"
+        )
+
+
 @dataclasses.dataclass
 class FamilyConfig:
     """Fields every family shares. Subclasses add their own hyper-parameters."""
@@ -104,12 +114,7 @@ class FamilyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FamilyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown config key '{unknown[0]}' for {cls.__name__} (known keys: {', '.join(sorted(known))})"
-            )
+        reject_unknown_keys(cls, values)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: on a shared 2-core machine extra intra-op threads only add contention
+    (measured 10x slower under load). Modules opt in with pytestmark usefixtures."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def raw_data_dir() -> Path:
     """../shared/data (or GENZOO_DATA_DIR): the original MNIST-family files."""

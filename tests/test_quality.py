@@ -301,15 +301,6 @@ def test_no_warning_at_the_recommended_size():
 # ----------------------------------------------------------------------------- evaluator
 
 
-@pytest.fixture
-def one_thread():
-    """Small convolutions run faster on one thread, and much faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits

@@ -20,13 +20,7 @@ from models.made import MADE, made_masks
 from models.pixelcnn import PixelCNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra threads only add contention on a shared CPU (10x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def all_configurations(shape: tuple[int, ...], levels: int = 2) -> torch.Tensor:

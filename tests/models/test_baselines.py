@@ -12,12 +12,7 @@ from data import sources
 from genzoo.metrics import mode_statistics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gan_captures_the_modes_of_ring8():

@@ -15,13 +15,7 @@ from models.vae import VAE, VAEConfig
 BWS = (0.5, 1.0, 2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine one intra-op thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- MMD --------------------------------------------------------------------------------

@@ -23,13 +23,7 @@ from models.gsn import GSN
 from models.rbm import RBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra threads only add contention on a shared CPU (10x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_rbm(nv: int, nh: int, seed: int, std: float = 1.0, **config) -> RBM:

@@ -68,6 +68,7 @@ def _worker(cfg: dict[str, Any]) -> None:
 
     # Which process trains (operators and tests can find, watch or kill it); rewritten on restart.
     (Path(cfg["scratch"]) / f"worker-{rank}.pid").write_text(str(os.getpid()))
+    (Path(cfg["scratch"]) / f"worker-{rank}.node").write_text(ray.get_runtime_context().get_node_id())
     fail_at = cfg.get("fail_once_at_epoch")
     marker = Path(cfg["scratch"]) / "injected-failure"
 
@@ -198,6 +199,12 @@ def train_on_ray(
     return TrainOutcome(family, dataset, "FINISHED", "", state, history, seconds, run_name)
 
 
+def ray_storage(root: Path) -> Path:
+    """Where Ray Train keeps checkpoints: GENZOO_RAY_STORAGE (a folder every node of a multi-node
+    cluster can reach, e.g. NFS), else <project>/ray_results."""
+    return Path(os.environ.get("GENZOO_RAY_STORAGE") or Path(root) / "ray_results").resolve()
+
+
 def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
@@ -243,7 +250,7 @@ def train(
                                  "data.shape": str(prepared.manifest["shape"]), "data.kind": prepared.kind})
     started = time.time()
     outcome = train_on_ray(family, dataset, prepared.arrays, prepared.manifest, model_config, train_config,
-                           root_path / "ray_results", run_tag, fail_once_at_epoch)
+                           ray_storage(root_path), run_tag, fail_once_at_epoch)
     tracking.log_history(run_id, outcome.history)
     tracking.log_metrics(run_id, {"train_seconds": outcome.seconds})
     if outcome.state and outcome.state.get("resumed_from"):

@@ -57,6 +57,7 @@ def pipeline(
     train_overrides: dict[str, Any] | None = None,
     model_overrides: dict[str, dict[str, Any]] | None = None,
     register_models: bool = True,
+    reuse_trainings: bool = True,
     fail_once_at_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Train and compare `families` on `datasets` with the `preset` budget."""
@@ -70,7 +71,7 @@ def pipeline(
     owns_ray = ensure_ray()  # a flow run that started Ray (e.g. on a Prefect worker) also stops it
     try:
         return _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models,
-                    fail_once_at_epoch, root, logger)
+                    reuse_trainings, fail_once_at_epoch, root, logger)
     finally:
         if owns_ray:
             import ray
@@ -78,8 +79,8 @@ def pipeline(
             ray.shutdown()
 
 
-def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models, fail_once_at_epoch, root,
-         logger) -> dict[str, Any]:
+def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models, reuse_trainings,
+         fail_once_at_epoch, root, logger) -> dict[str, Any]:
     import data
     import models
     from tasks import tracking
@@ -112,7 +113,7 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
                 mcfg["levels"] = manifest["levels"]
             cls.Config.from_dict(mcfg)
             futures.append(train.submit(family, name, folder, mcfg, train_cfg.to_dict(), str(root), str(run_dir),
-                                        parent, tag, fail_once_at_epoch))
+                                        parent, tag, fail_once_at_epoch, reuse_trainings))
     for s in skipped:
         logger.warning("skipped %s", s)
     import json
@@ -139,7 +140,10 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
                 ev_metrics = evaluate(res["model_path"], res["dataset"], prepared[res["dataset"]], s["samples"],
                                       ecfg.to_dict(), res["run_id"], None if ev is None else str(ev))
                 row.update(ev_metrics)
-                if register_models:
+                if res.get("already_registered"):  # a reused training keeps its registered version
+                    row["registered"] = res["already_registered"]
+                    tracking.client().set_tag(res["run_id"], "genzoo.registered_model", res["already_registered"])
+                elif register_models:
                     manifest = data.load(prepared[res["dataset"]]).manifest
                     name = f"{res['family']}-{res['dataset']}"
                     version = register(res["run_id"], res["model_path"], name, manifest["shape"],

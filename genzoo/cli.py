@@ -62,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plan(families, datasets, args.preset, configure(), train_over, model_over)  # fail fast, before any service starts
     result = pipeline(families=families, datasets=datasets, preset=args.preset, train_overrides=train_over or None,
-                      model_overrides=model_over or None, register_models=not args.no_register)
+                      model_overrides=model_over or None, register_models=not args.no_register,
+                      reuse_trainings=not args.retrain)
     print(f"report: {result['report']}")
     failed = [r for r in result["rows"] if r["status"] != "FINISHED"]
     return 1 if failed else 0
@@ -234,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--use-gpu", choices=["auto", "true", "false"])
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override train.* or <family>.* settings")
     r.add_argument("--no-register", action="store_true", help="train and evaluate, but register nothing")
+    r.add_argument("--retrain", action="store_true",
+                   help="train again even where an identical training (same data version and config) finished")
     r.set_defaults(func=cmd_run)
 
     f = sub.add_parser("fetch", help="sample from a registered model")

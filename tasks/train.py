@@ -230,25 +230,36 @@ def train(
     parent_run_id: str,
     run_tag: str,
     fail_once_at_epoch: int | None = None,
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """One training on Ray, tracked as an MLflow child run. Never raises for a failed training:
-    the run is marked FAILED with its reason and the flow carries on with the others."""
+    the run is marked FAILED with its reason and the flow carries on with the others.
+
+    With `reuse`, a training that already finished with the same family, data version and
+    configuration (an earlier or interrupted pipeline run) is not recomputed: its weights are
+    taken from that run."""
     import data
     import models
     from tasks import tracking
 
     prepared = data.load(prepared_dir)
     root_path = Path(root)
+    key = training_key(family, prepared.manifest["hash"], model_config, train_config, fail_once_at_epoch)
     run_id = tracking.start_run(
         root_path, f"{family}-{dataset}",
         tags={"genzoo.family": family, "genzoo.dataset": dataset, "genzoo.data_hash": prepared.manifest["hash"],
-              "genzoo.data_source": prepared.manifest["source"], "genzoo.branch": models.get_family(family).branch},
+              "genzoo.data_source": prepared.manifest["source"], "genzoo.branch": models.get_family(family).branch,
+              "genzoo.train_key": key},
         parent_id=parent_run_id,
     )
     tracking.log_params(run_id, {**tracking.flatten("model", model_config), **tracking.flatten("train", train_config),
                                  "data.name": dataset, "data.hash": prepared.manifest["hash"],
                                  "data.shape": str(prepared.manifest["shape"]), "data.kind": prepared.kind})
+    out = Path(run_dir) / f"{family}-{dataset}"
     started = time.time()
+    prior = finished_training(key) if reuse else None
+    if prior is not None:
+        return _reuse(prior, run_id, out, family, dataset, started)
     outcome = train_on_ray(family, dataset, prepared.arrays, prepared.manifest, model_config, train_config,
                            ray_storage(root_path), run_tag, fail_once_at_epoch)
     tracking.log_history(run_id, outcome.history)
@@ -263,9 +274,50 @@ def train(
         print(f"[genzoo] {family}-{dataset} FAILED: {outcome.reason}", flush=True)
         tracking.end_run(run_id, "FAILED", outcome.reason)
         return summary
-    out = Path(run_dir) / f"{family}-{dataset}"
     out.mkdir(parents=True, exist_ok=True)
     model = models.from_state(outcome.state)
     model.save(out / "model.pt")  # weights + config only: what the registry serves
     tracking.client().log_artifact(run_id, str(out / "model.pt"))
+    tracking.client().set_tag(run_id, "genzoo.trained", "1")  # the weights are in: reusable from here on
     return {**summary, "model_path": str(out / "model.pt"), "out_dir": str(out)}
+
+
+def training_key(family: str, data_hash: str, model_config: dict, train_config: dict, fail_at: int | None) -> str:
+    """Identity of a training: same key, same model (seeded), so a finished one need not be redone."""
+    import hashlib
+    import json
+
+    body = {"family": family, "data": data_hash, "model": model_config, "train": train_config, "fail_at": fail_at}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def finished_training(key: str):
+    """The latest run whose training with this key finished (its weights logged), or None."""
+    from tasks.services import EXPERIMENT, client
+
+    c = client()
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    runs = c.search_runs([exp.experiment_id], f"tags.`genzoo.train_key` = '{key}' and tags.`genzoo.trained` = '1'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def _reuse(prior, run_id: str, out: Path, family: str, dataset: str, started: float) -> dict[str, Any]:
+    from tasks import tracking
+
+    c = tracking.client()
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = Path(c.download_artifacts(prior.info.run_id, "model.pt", str(out)))
+    for name in prior.data.metrics:
+        if not name.startswith("eval.") and name not in ("sample_seconds_per_sample", "samples_per_second", "samples_drawn"):
+            for m in c.get_metric_history(prior.info.run_id, name):
+                tracking.log_metrics(run_id, {name: m.value}, step=m.step)
+    c.set_tag(run_id, "genzoo.reused_training_from", prior.info.run_id)
+    c.set_tag(run_id, "genzoo.trained", "1")
+    c.log_artifact(run_id, str(model_path))
+    registered = prior.data.tags.get("genzoo.registered_model")
+    print(f"[genzoo] {family}-{dataset}: reusing the finished training of run {prior.info.run_id}", flush=True)
+    return {"family": family, "dataset": dataset, "run_id": run_id, "status": "FINISHED", "reason": "",
+            "resumed_from": [], "train_seconds": prior.data.metrics.get("train_seconds", float("nan")),
+            "ray_run": "", "started_at": started, "ended_at": time.time(), "reused_from": prior.info.run_id,
+            "already_registered": registered, "model_path": str(model_path), "out_dir": str(out)}

@@ -129,7 +129,8 @@ def test_two_pipeline_runs_at_once_keep_their_own_outputs(services, project):
 
     before = len(client().search_model_versions("name='vae-grid25'"))
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda _: pipeline(families=["vae"], datasets=["grid25"], preset="smoke"), range(2)))
+        runs = list(pool.map(lambda _: pipeline(families=["vae"], datasets=["grid25"], preset="smoke",
+                                                reuse_trainings=False), range(2)))
     assert runs[0]["run_name"] != runs[1]["run_name"]
     assert all(r["rows"][0]["status"] == "FINISHED" for r in runs)
     assert runs[0]["rows"][0]["ray_run"] != runs[1]["rows"][0]["ray_run"]

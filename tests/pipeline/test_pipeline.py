@@ -86,6 +86,21 @@ def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
     assert report.read_text().count("| FINISHED |") == 4
 
 
+def test_rerun_reuses_finished_trainings(first_run, project):
+    """An interrupted or repeated run recomputes neither data (DVC) nor finished trainings."""
+    from flows.pipeline import pipeline
+
+    again = pipeline(families=["gan", "vae"], datasets=["ring8", "digits"], preset="smoke")
+    first = {(r["family"], r["dataset"]): r for r in first_run["rows"]}
+    for r in again["rows"]:
+        before = first[r["family"], r["dataset"]]
+        assert r["status"] == "FINISHED" and r["reused_from"] == before["run_id"] and r["ray_run"] == ""
+        assert r["registered"] == before["registered"]  # not registered a second time
+        assert client().get_run(r["run_id"]).data.tags["genzoo.reused_training_from"] == before["run_id"]
+    for name in ("gan-ring8", "vae-ring8", "gan-digits", "vae-digits"):
+        assert len(client().search_model_versions(f"name='{name}'")) == 1
+
+
 def test_fetch_registered_models(first_run, tmp_path):
     import mlflow
 
@@ -119,7 +134,7 @@ def test_failures_are_contained_and_workers_resume(first_run, project):
     from flows.pipeline import pipeline
 
     result = pipeline(families=["gan", "vae", "made"], datasets=["ring8"], preset="smoke",
-                      model_overrides={"vae": {"lr": 1e30}}, fail_once_at_epoch=1)
+                      model_overrides={"vae": {"lr": 1e30}}, fail_once_at_epoch=1, reuse_trainings=False)
     rows = {r["family"]: r for r in result["rows"]}
     assert set(rows) == {"gan", "vae"}  # MADE fits binary data only: skipped, with the reason
     assert result["skipped"] == ["made on ring8: made fits binary data, ring8 is points"]

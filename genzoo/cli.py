@@ -187,23 +187,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tasks.report import write_report
-    from tasks.services import EXPERIMENT, client
+    from tasks.report import find_pipeline_run, write_report
 
     root = configure()
-    c = client()
-    exp = c.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
-        raise UsageError(f"no genzoo runs in {_tracking()} yet: run `genzoo run` first")
-    if args.run:
-        found = c.search_runs([exp.experiment_id], f"attributes.run_name = '{args.run}'") or \
-            c.search_runs([exp.experiment_id], f"attributes.run_id = '{args.run}'")
-    else:
-        found = c.search_runs([exp.experiment_id], "tags.`genzoo.preset` != ''", order_by=["attributes.start_time DESC"],
-                              max_results=1)
-    if not found:
-        raise UsageError(f"no pipeline run named '{args.run}' in {_tracking()}")
-    path = write_report(found[0].info.run_id, root / "reports")
+    try:
+        run_id = find_pipeline_run(args.run)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+    path = write_report(run_id, root / "reports")
     print(f"report: {path} (and {path.with_suffix('.html')})")
     return 0
 

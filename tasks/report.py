@@ -99,6 +99,25 @@ img{{max-width:260px}}</style></head><body><h1>genzoo comparison: {html.escape(i
 """
 
 
+def find_pipeline_run(run: str | None = None) -> str:
+    """The id of the pipeline (parent) run named or identified by `run`; the latest one when None."""
+    from tasks.services import EXPERIMENT, client, tracking_uri
+
+    c = client()
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        raise LookupError(f"no genzoo runs in {tracking_uri()} yet: run `genzoo run` first")
+    if run:
+        found = c.search_runs([exp.experiment_id], f"attributes.run_name = '{run}'") or \
+            c.search_runs([exp.experiment_id], f"attributes.run_id = '{run}'")
+    else:
+        found = c.search_runs([exp.experiment_id], "tags.`genzoo.preset` != ''",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        raise LookupError(f"no pipeline run named '{run}' in {tracking_uri()}")
+    return found[0].info.run_id
+
+
 def write_report(parent_run_id: str, reports_dir: Path) -> Path:
     from tasks.services import client
 

@@ -84,6 +84,11 @@ def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
     report.unlink()
     assert main(["report", first_run["run_name"]]) == 0
     assert report.read_text().count("| FINISHED |") == 4
+    from flows.report import report as report_flow  # the same through the Prefect flow
+
+    report.unlink()
+    assert report_flow(run=first_run["parent_run_id"]) == str(report) and report.is_file()
+    assert main(["report", "no-such-run"]) == 2
 
 
 def test_rerun_reuses_finished_trainings(first_run, project):

@@ -43,12 +43,17 @@ def to_model_space(x: np.ndarray, manifest: dict) -> torch.Tensor:
     return t
 
 
-def load(folder: str | Path, verify: bool = False) -> Prepared:
-    folder = Path(folder)
-    mf = folder / "manifest.json"
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a prepared dataset, without loading its arrays."""
+    mf = Path(folder) / "manifest.json"
     if not mf.is_file():
         raise DataError(f"{folder} is not a prepared dataset (no manifest.json); run `genzoo prepare` or `dvc repro`")
-    manifest = json.loads(mf.read_text())
+    return json.loads(mf.read_text())
+
+
+def load(folder: str | Path, verify: bool = False) -> Prepared:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
     arrays = {}
     for fname, digest in manifest["arrays"].items():
         path = folder / fname

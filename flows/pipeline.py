@@ -8,6 +8,7 @@ Prefect's ephemeral API when PREFECT_API_URL is unset.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -81,8 +82,8 @@ def pipeline(
 
 def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models, reuse_trainings,
          fail_once_at_epoch, root, logger) -> dict[str, Any]:
-    import data
     import models
+    from data.prepared import read_manifest
     from tasks import tracking
     from tasks.evaluate import evaluate, sample
     from tasks.prepare import evaluator_dir
@@ -100,9 +101,10 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
     tracking.log_params(parent, {"families": ",".join(families), "datasets": ",".join(prepared), "preset": preset,
                                  **tracking.flatten("train", train_cfg.to_dict())})
 
+    manifests = {name: read_manifest(folder) for name, folder in prepared.items()}
     futures, skipped = [], []
     for name, folder in prepared.items():
-        manifest = data.load(folder).manifest
+        manifest = manifests[name]
         for family in families:
             cls = models.get_family(family)
             if manifest["kind"] not in cls.supported_kinds:
@@ -116,8 +118,6 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
                                         parent, tag, fail_once_at_epoch, reuse_trainings))
     for s in skipped:
         logger.warning("skipped %s", s)
-    import json
-
     tracking.client().set_tag(parent, "genzoo.skipped", json.dumps(skipped))
     evaluators = {name: evaluator_dir(root, name) for name in prepared}
     for name, folder in evaluators.items():
@@ -131,7 +131,8 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
         if res["status"] == "FINISHED":
             try:
                 ecfg = params.evaluate
-                is_points = len(data.load(prepared[res["dataset"]]).shape) == 1
+                manifest = manifests[res["dataset"]]
+                is_points = len(manifest["shape"]) == 1
                 n = ecfg.n_samples if is_points else ecfg.n_image_samples
                 s = sample(res["model_path"], res["dataset"], n, ecfg.seed, ecfg.sample_budget_seconds,
                            res["out_dir"], res["run_id"])
@@ -144,7 +145,6 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
                     row["registered"] = res["already_registered"]
                     tracking.client().set_tag(res["run_id"], "genzoo.registered_model", res["already_registered"])
                 elif register_models:
-                    manifest = data.load(prepared[res["dataset"]]).manifest
                     name = f"{res['family']}-{res['dataset']}"
                     version = register(res["run_id"], res["model_path"], name, manifest["shape"],
                                        {"data_hash": manifest["hash"], "family": res["family"],

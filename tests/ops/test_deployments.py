@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import free_port, kill_marked
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -28,10 +28,6 @@ TINY = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -50,35 +46,8 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def leftovers(marker: str) -> list[int]:
-    """Processes (other than this one) whose environment holds `marker`: only this test's subprocesses
-    and their descendants carry it (the flow run leaves Ray's dashboard/runtime-env agents behind)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:  # gone, or not ours to read
-            continue
-    return pids
 
 
-def kill_leftovers(marker: str) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = leftovers(marker)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = leftovers(marker)
-        if not pids:
-            return
 
 
 @pytest.fixture()
@@ -104,7 +73,7 @@ def ops_env(tmp_path, raw_data_dir):
     })
     yield env
     if sys.platform.startswith("linux"):
-        kill_leftovers(f"GENZOO_PROJECT_DIR={project}")
+        kill_marked(f"GENZOO_PROJECT_DIR={project}")
 
 
 @pytest.fixture()

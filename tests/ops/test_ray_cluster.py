@@ -16,8 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from processes import free_port, kill_marked
 
 BIN = Path(sys.executable).parent
 TINY = {"prepare": {"ring8": {"n_train": 2000, "n_val": 300, "n_test": 300}},
@@ -41,40 +40,10 @@ print("NODES=" + json.dumps(sorted((n["NodeID"], n["NodeManagerAddress"], n["Res
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def marked(marker: str) -> list[int]:
-    """Processes (other than this one) whose environment holds `marker`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
-def kill_marked(marker: str) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        pids = marked(marker)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = marked(marker)
-        if not pids:
-            return
 
 
 def run(cmd: list[str], env: dict, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:

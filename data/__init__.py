@@ -24,7 +24,7 @@ def _synthetic(name: str):
     return build
 
 
-# name -> (builder(params, folders, download_to) -> Raw, split keyword defaults, description)
+# name -> (builder(params, folders, download_to) -> Raw, description)
 DATASETS: dict[str, tuple[Callable, str]] = {
     "ring8": (lambda p, f, d: _synthetic("ring8")(**p), "8 Gaussians on the unit circle, std 0.01 (2-D)"),
     "grid25": (lambda p, f, d: _synthetic("grid25")(**p), "25 Gaussians on {-4..4}^2, std 0.05 (2-D)"),

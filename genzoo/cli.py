@@ -136,6 +136,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from data.errors import DataError
     from data.prepared import rows_for_model
+    from genzoo.training import log_likelihoods
 
     out = Path(args.output)
     if out.suffix != ".npy":
@@ -154,8 +155,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     c = model.config
     rows = rows_for_model(x, c.data_shape, c.data_kind, c.levels, str(data_path))
     torch.manual_seed(args.seed)
-    with torch.no_grad():
-        ll = torch.cat([model.log_likelihood(rows[i:i + 500]) for i in range(0, len(rows), 500)]).double().numpy()
+    ll = log_likelihoods(model, rows).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, ll)
     method = model.likelihood_method or model.likelihood_kind

@@ -103,13 +103,20 @@ def fit(
 
 
 @torch.no_grad()
-def validation_log_likelihood(model: GenerativeModel, x: torch.Tensor, batch: int = 500) -> float:
-    """Mean per-example log-likelihood (or bound/estimate) in nats; NaN if the family has none."""
+def log_likelihoods(model: GenerativeModel, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Per-example log-likelihood (or bound/estimate) in nats, float64 on the CPU, in batches."""
+    was_training = model.training
     model.eval()
     try:
-        parts = [model.log_likelihood(x[i:i + batch].to(model.device)).double() for i in range(0, len(x), batch)]
+        return torch.cat([model.log_likelihood(x[i:i + batch].to(model.device)).double().cpu()
+                          for i in range(0, len(x), batch)])
+    finally:
+        model.train(was_training)
+
+
+def validation_log_likelihood(model: GenerativeModel, x: torch.Tensor, batch: int = 500) -> float:
+    """Mean per-example log-likelihood (or bound/estimate) in nats; NaN if the family has none."""
+    try:
+        return log_likelihoods(model, x, batch).mean().item()
     except NoLikelihood:
         return float("nan")
-    finally:
-        model.train()
-    return torch.cat(parts).mean().item()

@@ -25,6 +25,7 @@ from data import sources
 from genzoo import quality
 from genzoo.config import EvalConfig
 from genzoo.metrics import likelihood_summary, mode_statistics
+from genzoo.training import log_likelihoods
 from genzoo.plots import save_samples
 from tasks.tracking import log_metrics, log_params
 
@@ -70,9 +71,7 @@ def sample(model_path: str, dataset: str, n: int, seed: int, budget_seconds: flo
 def family_likelihood(model: models.GenerativeModel, prepared: data.Prepared, ecfg: EvalConfig) -> dict:
     test = prepared.tensor("test", ecfg.likelihood_examples or None)
     torch.manual_seed(ecfg.seed)
-    model.eval()
-    with torch.no_grad():
-        ll = torch.cat([model.log_likelihood(test[i:i + 500]) for i in range(0, len(test), 500)]).double().numpy()
+    ll = log_likelihoods(model, test).numpy()
     if not np.isfinite(ll).all():
         raise ValueError(f"{model.name}-{prepared.name}: the test log-likelihood is not finite")
     return {**likelihood_summary(ll, int(np.prod(prepared.shape)), prepared.kind),

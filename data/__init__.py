@@ -32,7 +32,11 @@ DATASETS: dict[str, tuple[Callable, str]] = {
     "mnist": (lambda p, f, d: sources.mnist_like("mnist", f, d), "MNIST 28x28, 256 grey levels"),
     "fashion-mnist": (lambda p, f, d: sources.mnist_like("fashion-mnist", f, d), "Fashion-MNIST 28x28, 256 grey levels"),
     "binarized-mnist": (lambda p, f, d: sources.binarized_mnist(f, d), "MNIST binarized, fixed Larochelle split"),
+    "stacked-mnist": (lambda p, f, d: sources.stacked_mnist(f, d, **p),
+                      "Stacked MNIST: 3 random MNIST digits as channels, 1,000 modes"),
 }
+# datasets built from another dataset's raw files: where to look for (and download) them
+RAW_FILES_OF = {"stacked-mnist": "mnist"}
 
 ALLOWED_PARAMS = {
     "ring8": {"n_train", "n_val", "n_test", "seed", "std"},
@@ -41,6 +45,7 @@ ALLOWED_PARAMS = {
     "mnist": {"val_size"},
     "fashion-mnist": {"val_size"},
     "binarized-mnist": {"binarization"},
+    "stacked-mnist": {"n_train", "n_val", "n_test", "seed"},
     "user": {"val_size", "test_size", "seed"},
 }
 SPLIT_DEFAULTS = {"val_size": 0.1, "test_size": 0.1, "seed": 0}
@@ -77,8 +82,9 @@ def prepare(spec: str, out_dir: str | Path, params: dict | None, project_raw: Pa
         raise DataError(f"unknown prepare parameter '{unknown[0]}' for dataset {spec} (known: {', '.join(sorted(ALLOWED_PARAMS[key]))})")
     if is_builtin(spec):
         builder, _ = DATASETS[spec]
-        folders = sources.data_folders(spec, data_dir, project_raw)
-        raw = builder(params, folders, project_raw / spec)
+        raw_name = RAW_FILES_OF.get(spec, spec)
+        folders = sources.data_folders(raw_name, data_dir, project_raw)
+        raw = builder(params, folders, project_raw / raw_name)
     else:
         raw = sources.user_data(Path(spec))
     split_params = {k: params.get(k, v) for k, v in SPLIT_DEFAULTS.items()}

@@ -4,6 +4,7 @@ Layout of a prepared dataset folder (a DVC output, never in git):
     train.npy, val.npy, test.npy          examples, stored dtype (uint8 for images)
     train_labels.npy, ...                 where the source has labels
     manifest.json                         source, sha256 of raw files and arrays, shapes, ranges
+                                          (+ "modes": K where labels are mode ids 0..K-1, e.g. stacked-mnist)
 
 The folder is written to a temporary sibling and renamed into place, so a failed
 preparation leaves nothing half-written.
@@ -94,6 +95,8 @@ def write(name: str, raw: Raw, splits: dict[str, tuple[np.ndarray, Any]], out_di
             "raw_files": raw.raw_files,
             "arrays": {fname: hashlib.sha256((tmp / fname).read_bytes()).hexdigest() for fname in sorted(arrays)},
         }
+        if raw.modes:  # only datasets with countable modes carry the field (other manifests keep their hash)
+            manifest["modes"] = raw.modes
         manifest["hash"] = manifest_hash(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -35,6 +35,7 @@ class Raw:
     splits: dict[str, tuple[np.ndarray, np.ndarray | None]]
     source: str
     raw_files: dict[str, str]  # file name -> sha256 (of uncompressed content)
+    modes: int = 0  # labels are mode ids 0..modes-1 that the mode-coverage measure counts (0: none)
 
 
 # ---------------------------------------------------------------------- synthetic
@@ -179,15 +180,57 @@ def parse_idx(content: bytes, what: str) -> np.ndarray:
     return data.reshape(dims)
 
 
-def mnist_like(dataset: str, folders: list[Path], download_to: Path) -> Raw:
+def _idx_images(dataset: str, folders: list[Path], download_to: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The verified idx files as {'train': (images (n, 28, 28) uint8, labels int64), 't10k': (...)}."""
     files = MNIST_FILES if dataset == "mnist" else FASHION_FILES
     blobs = fetch_files(dataset, files, folders, download_to)
-    splits = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        x = parse_idx(blobs[f"{prefix}-images-idx3-ubyte"], f"{dataset} {prefix} images")[:, None]  # (n, 1, 28, 28)
+    out = {}
+    for prefix in ("train", "t10k"):
+        x = parse_idx(blobs[f"{prefix}-images-idx3-ubyte"], f"{dataset} {prefix} images")  # (n, 28, 28)
         y = parse_idx(blobs[f"{prefix}-labels-idx1-ubyte"], f"{dataset} {prefix} labels").astype(np.int64)
-        splits[split] = (x, y)
+        out[prefix] = (x, y)
+    return out
+
+
+def mnist_like(dataset: str, folders: list[Path], download_to: Path) -> Raw:
+    files = MNIST_FILES if dataset == "mnist" else FASHION_FILES
+    idx = _idx_images(dataset, folders, download_to)
+    splits = {split: (idx[prefix][0][:, None], idx[prefix][1])  # (n, 1, 28, 28)
+              for split, prefix in (("train", "train"), ("test", "t10k"))}
     return Raw("image", 256, splits, f"{dataset} original idx files", dict(files))
+
+
+STACKED_POOLS = (("train", "train", slice(0, 50000)), ("val", "train", slice(50000, None)), ("test", "t10k", slice(None)))
+
+
+def stacked_mnist(folders: list[Path], download_to: Path, n_train: int = 50000, n_val: int = 10000,
+                  n_test: int = 10000, seed: int = 0) -> Raw:
+    """Stacked MNIST, the 1,000-mode test of mode coverage (Metz et al. 2017, Unrolled GANs;
+    Srivastava et al. 2017, VEEGAN; Lin et al. 2018, PacGAN).
+
+    Each example stacks three MNIST images, drawn uniformly at random with replacement,
+    as its channels: (3, 28, 28), 256 grey levels. Its label is the mode id
+    100 * d0 + 10 * d1 + d2 (d_c: the digit of channel c), so there are 1,000 modes.
+    No MNIST image is shared between splits: train stacks draw from the first 50,000
+    MNIST training images, val from the last 10,000 (MNIST's usual validation set),
+    test from the 10,000 t10k images. Split i (train, val, test = 0, 1, 2) draws with
+    its own generator numpy.random.default_rng(seed + i).
+    NOTE: the papers stack 128,000 (VEEGAN) or 25,600 (PacGAN) training examples from
+    all 60,000 training images; 50,000 here keeps the validation images unseen.
+    """
+    sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
+    for key, value in {**sizes, "seed": seed}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
+            raise DataError(f"stacked-mnist parameter {key} must be an integer >= {0 if key == 'seed' else 1}, got {value!r}")
+    idx = _idx_images("mnist", folders, download_to)
+    splits = {}
+    for i, (split, prefix, rows) in enumerate(STACKED_POOLS):
+        images, digits = idx[prefix][0][rows], idx[prefix][1][rows]
+        pick = np.random.default_rng(seed + i).integers(0, len(images), size=(sizes[f"n_{split}"], 3))  # (n, 3)
+        splits[split] = (images[pick], digits[pick] @ np.array([100, 10, 1], dtype=np.int64))  # (n, 3, 28, 28), (n,)
+    source = (f"stacked MNIST: 3 MNIST images drawn uniformly (seed {seed} + split index) as channels, "
+              "label 100*d0 + 10*d1 + d2; train from MNIST train[:50000], val from train[50000:], test from t10k")
+    return Raw("image", 256, splits, source, dict(MNIST_FILES), modes=1000)
 
 
 def binarized_mnist(folders: list[Path], download_to: Path) -> Raw:

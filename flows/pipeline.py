@@ -22,13 +22,21 @@ DEFAULT_DATASETS = ["ring8", "grid25", "digits", "mnist"]
 
 
 def plan(families: list[str], datasets: list[str], preset: str, root: Path,
-         train_overrides: dict[str, Any] | None, model_overrides: dict[str, dict] | None):
-    """Check every input before anything runs or is written; returns the checked configs."""
+         train_overrides: dict[str, Any] | None, model_overrides: dict[str, dict] | None,
+         evaluate_overrides: dict[str, Any] | None = None):
+    """Check every input before anything runs or is written; returns the checked configs
+    (params, with `evaluate` overridden; the train config; the model configs)."""
     import data
     import models
-    from genzoo.config import load_params
+    from genzoo.config import EvalConfig, load_params
 
     params = load_params(root / "params.yaml")
+    if evaluate_overrides:
+        params.evaluate = EvalConfig.from_dict({**params.evaluate.to_dict(), **evaluate_overrides}, "evaluate")
+    if params.evaluate.fid_network == "inception":  # an offline machine fails here, not after the training
+        from genzoo import inception
+
+        inception.network_file()
     if not families:
         raise models.ConfigError("no families given")
     if not datasets:
@@ -60,6 +68,7 @@ def pipeline(
     register_models: bool = True,
     reuse_trainings: bool = True,
     fail_once_at_epoch: int | None = None,
+    evaluate_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and compare `families` on `datasets` with the `preset` budget."""
     from tasks.prepare import prepare_datasets
@@ -67,7 +76,8 @@ def pipeline(
 
     root = configure()
     logger = get_run_logger()
-    params, train_cfg, model_cfgs = plan(families, datasets, preset, root, train_overrides, model_overrides)
+    params, train_cfg, model_cfgs = plan(families, datasets, preset, root, train_overrides, model_overrides,
+                                         evaluate_overrides)
     prepared = prepare_datasets(datasets, str(root))
     owns_ray = ensure_ray()  # a flow run that started Ray (e.g. on a Prefect worker) also stops it
     try:
@@ -99,7 +109,8 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
     run_dir.mkdir(parents=True, exist_ok=True)
     parent = tracking.start_run(root, run_name, tags={"genzoo.preset": preset})
     tracking.log_params(parent, {"families": ",".join(families), "datasets": ",".join(prepared), "preset": preset,
-                                 **tracking.flatten("train", train_cfg.to_dict())})
+                                 **tracking.flatten("train", train_cfg.to_dict()),
+                                 **tracking.flatten("evaluate", params.evaluate.to_dict())})
 
     manifests = {name: read_manifest(folder) for name, folder in prepared.items()}
     futures, skipped = [], []
@@ -113,7 +124,11 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             mcfg = {**model_cfgs[family], "data_shape": manifest["shape"], "data_kind": manifest["kind"]}
             if manifest["levels"] >= 2:
                 mcfg["levels"] = manifest["levels"]
-            cls.Config.from_dict(mcfg)
+            try:
+                cls.check_data(cls.Config.from_dict(mcfg))
+            except models.ConfigError as exc:  # e.g. pixelcnn on 3-channel images
+                skipped.append(f"{family} on {name}: {exc}")
+                continue
             futures.append(train.submit(family, name, folder, mcfg, train_cfg.to_dict(), str(root), str(run_dir),
                                         parent, tag, fail_once_at_epoch, reuse_trainings))
     for s in skipped:
@@ -134,6 +149,8 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
                 manifest = manifests[res["dataset"]]
                 is_points = len(manifest["shape"]) == 1
                 n = ecfg.n_samples if is_points else ecfg.n_image_samples
+                if manifest.get("modes"):  # Stacked MNIST: enough samples to count 1,000 modes
+                    n = max(n, ecfg.n_mode_samples)
                 s = sample(res["model_path"], res["dataset"], n, ecfg.seed, ecfg.sample_budget_seconds,
                            res["out_dir"], res["run_id"])
                 row.update(s)

@@ -4,6 +4,7 @@
     genzoo fetch NAME[@ALIAS|/VERSION] -n N -o FILE(.npy|.png)
     genzoo score NAME[@ALIAS|/VERSION] --data FILE.npy -o OUT.npy
     genzoo report [RUN]
+    genzoo reproduce binarized-mnist|parzen-mnist [--budget cpu|full]
     genzoo families
     genzoo prepare DATASET          (what each DVC prepare stage runs)
 
@@ -29,19 +30,22 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _overrides(items: list[str]) -> tuple[dict, dict]:
-    """--set train.epochs=3 / --set vae.lr=0.001 -> (train overrides, model overrides)."""
+def _overrides(items: list[str]) -> tuple[dict, dict, dict]:
+    """--set train.epochs=3 / evaluate.n_image_samples=10000 / vae.lr=0.001
+    -> (train overrides, evaluate overrides, model overrides)."""
     import yaml
 
-    train, model = {}, {}
+    train, evaluate, model = {}, {}, {}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or not name:
-            raise UsageError(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=3 or vae.lr=0.001), got '{item}'")
+            raise UsageError(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=3, evaluate.seed=1 or vae.lr=0.001), "
+                             f"got '{item}'")
         parsed = yaml.safe_load(value)
-        (train if section == "train" else model.setdefault(section, {}))[name] = parsed
-    return train, model
+        target = {"train": train, "evaluate": evaluate}.get(section)
+        (target if target is not None else model.setdefault(section, {}))[name] = parsed
+    return train, evaluate, model
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -52,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if families == ["all"]:
         families = list(FAMILIES)
     datasets = _csv(args.datasets) if args.datasets else DEFAULT_DATASETS
-    train_over, model_over = _overrides(args.set or [])
+    train_over, eval_over, model_over = _overrides(args.set or [])
     for key in ("epochs", "num_workers", "batch_size"):
         if getattr(args, key) is not None:
             train_over[key] = getattr(args, key)
@@ -60,10 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         train_over["use_gpu"] = args.use_gpu
     from flows.pipeline import plan
 
-    plan(families, datasets, args.preset, configure(), train_over, model_over)  # fail fast, before any service starts
+    plan(families, datasets, args.preset, configure(), train_over, model_over, eval_over)  # fail fast, before services start
     result = pipeline(families=families, datasets=datasets, preset=args.preset, train_overrides=train_over or None,
                       model_overrides=model_over or None, register_models=not args.no_register,
-                      reuse_trainings=not args.retrain)
+                      reuse_trainings=not args.retrain, evaluate_overrides=eval_over or None)
     print(f"report: {result['report']}")
     failed = [r for r in result["rows"] if r["status"] != "FINISHED"]
     return 1 if failed else 0
@@ -212,6 +216,18 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from genzoo import reproduce
+
+    root = configure()
+    table = reproduce.TABLES[args.table]
+    results = reproduce.run(table, args.budget, root, retrain=args.retrain)
+    path = reproduce.write(table, args.budget, results, root)
+    print(reproduce.render(table, args.budget, results))
+    print(f"written to {path} (and {path.with_suffix('.json')})")
+    return 0 if all(r["status"] == "FINISHED" for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -224,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int)
     r.add_argument("--num-workers", type=int, help="Ray Train workers per training (data-parallel)")
     r.add_argument("--use-gpu", choices=["auto", "true", "false"])
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override train.* or <family>.* settings")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override train.*, evaluate.* or <family>.* settings")
     r.add_argument("--no-register", action="store_true", help="train and evaluate, but register nothing")
     r.add_argument("--retrain", action="store_true",
                    help="train again even where an identical training (same data version and config) finished")
@@ -253,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild the comparison report of a pipeline run from MLflow")
     rp.add_argument("run", nargs="?", help="pipeline run name or id (default: the latest)")
     rp.set_defaults(func=cmd_report)
+
+    rr = sub.add_parser("reproduce", help="train the papers' models and print our numbers beside the published ones")
+    rr.add_argument("table", choices=["binarized-mnist", "parzen-mnist"])
+    rr.add_argument("--budget", choices=["cpu", "full"], default="cpu",
+                    help="cpu: cut to about half an hour on 2 cores (default); full: papers' sizes, 50 epochs")
+    rr.add_argument("--retrain", action="store_true", help="train again even where an identical training finished")
+    rr.set_defaults(func=cmd_reproduce)
 
     ev = sub.add_parser("evaluator", help="train the feature network of one image dataset (a DVC stage command)")
     ev.add_argument("dataset")

@@ -19,6 +19,7 @@ import yaml
 from models.base import ConfigError, _coerce, reject_unknown_keys
 
 PRESETS = ("smoke", "quick", "full")
+FID_NETWORKS = ("evaluator", "inception")  # evaluate.fid_network: the dataset's own CNN (default), or also Inception-v3
 
 
 @dataclasses.dataclass
@@ -69,15 +70,20 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     n_samples: int = 2500  # samples of 2-D data drawn for the mode statistics and the scatter
     n_image_samples: int = 1000  # samples of image data for FID & co. (10,000 in the papers)
+    n_mode_samples: int = 26000  # samples drawn on Stacked MNIST to count its 1,000 modes (PacGAN/VEEGAN)
     sample_budget_seconds: float = 120.0  # stop drawing image samples after this long (min. 64): O(pixels) samplers
     likelihood_examples: int = 2000  # test examples for the likelihood (0: whole test split)
     parzen_examples: int = 1000  # validation rows to choose sigma, test rows to score
     real_examples: int = 2000  # test images whose features stand for the data in FID & co.
     seed: int = 1234
+    fid_network: str = "evaluator"  # 'inception': also an Inception-v3 FID (genzoo/inception.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("n_samples", "n_image_samples", "parzen_examples", "real_examples", "sample_budget_seconds"):
+        if self.fid_network not in FID_NETWORKS:
+            raise ConfigError(f"evaluate.fid_network must be {' or '.join(FID_NETWORKS)}, got {self.fid_network!r}")
+        for key in ("n_samples", "n_image_samples", "n_mode_samples", "parzen_examples", "real_examples",
+                    "sample_budget_seconds"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"evaluate.{key} must be positive, got {getattr(self, key)}")
         if self.likelihood_examples < 0:

@@ -12,6 +12,9 @@ Architecture (H, W >= 4; single-channel images in [0, 1], shape (n, 1, H, W)):
     dropout, linear -> num_classes          # logits
 With w = 32 and feature_dim = 128 it has about 0.42 M parameters on 28x28.
 
+Stacked MNIST (3 digits as channels) is judged by an MNIST classifier applied to each
+channel (`PerChannelEvaluator`): its features are the three channels' features side by side.
+
 NOTE: features from this network are only comparable between runs that use the
 same trained evaluator (same data, seed and config); published FIDs use other
 networks, so genzoo's numbers are relative, not absolute.
@@ -100,6 +103,45 @@ class Evaluator(nn.Module):
         return self.head(self.features(x))  # (n, num_classes)
 
 
+class PerChannelEvaluator(nn.Module):
+    """A single-channel classifier applied to each of `channels` channels (Stacked MNIST: an
+    MNIST digit classifier labels the three digits of a (3, 28, 28) image).
+
+    forward(x) -> logits (n, channels, num_classes); predict_digits(x) -> (n, channels) labels;
+    features(x) -> the per-channel features concatenated, channel 0 first (n, channels * feature_dim).
+    """
+
+    def __init__(self, digit: Evaluator, channels: int):
+        super().__init__()
+        if digit.config.image_shape[0] != 1:
+            raise ValueError("the per-channel evaluator needs a single-channel classifier, "
+                             f"got image shape {digit.config.image_shape}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        self.digit, self.channels = digit, channels
+        _, h, w = digit.config.image_shape
+        self.image_shape = (channels, h, w)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"the evaluator takes a torch.Tensor of images, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"the per-channel evaluator was built for images of shape "
+                             f"(n, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}")
+        return x.reshape(-1, 1, *self.image_shape[1:])  # (n * channels, 1, H, W), channel-major per image
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.digit.features(self._split(x)).reshape(len(x), -1)  # (n, channels * feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.digit(self._split(x)).reshape(len(x), self.channels, -1)  # (n, channels, num_classes)
+
+    @torch.no_grad()
+    def predict_digits(self, x: Any, batch_size: int = 1000) -> np.ndarray:
+        """Arg-max class of each channel of images x (n, channels, H, W) in [0, 1]: (n, channels) int64."""
+        return predict_logits(self, x, batch_size).argmax(-1).numpy()
+
+
 # ----------------------------------------------------------------------------- pure functions
 
 
@@ -129,14 +171,15 @@ def _labels(name: str, y: Any, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: Evaluator, x: Any, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(model: Evaluator | PerChannelEvaluator, x: Any, batch_size: int = 1000) -> torch.Tensor:
+    """Logits of images x: (n, num_classes), or (n, channels, num_classes) for a PerChannelEvaluator."""
     model.eval()
     x = _images("x", x)
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
-def extract_features(model: Evaluator, x: Any, batch_size: int = 1000) -> np.ndarray:
+def extract_features(model: Evaluator | PerChannelEvaluator, x: Any, batch_size: int = 1000) -> np.ndarray:
     """Penultimate features of images x (n, C, H, W) in [0, 1], as a float64 (n, feature_dim) array."""
     model.eval()
     x = _images("x", x)

@@ -5,6 +5,10 @@
 binarized-mnist has no labels (the Larochelle files carry none): its evaluator is
 trained on MNIST images binarized stochastically with a fixed seed, the same
 process that made the fixed split, and tested on the binarized MNIST test images.
+
+stacked-mnist (`per_channel: 3`) is judged channel by channel: its evaluator is the MNIST
+digit classifier (trained on the single-channel source as usual), and `load` wraps it in a
+PerChannelEvaluator that takes (n, 3, 28, 28) images.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import torch
 
 import data
 from data.errors import DataError
-from genzoo.evaluator import Evaluator, EvaluatorConfig, accuracy, train_evaluator
+from genzoo.evaluator import Evaluator, EvaluatorConfig, PerChannelEvaluator, accuracy, train_evaluator
 
 EVALUATOR_FILE = "evaluator.pt"
 METRICS_FILE = "metrics.json"
-KNOWN = {"source", "binarize", "epochs", "batch_size", "seed", "lr", "width", "feature_dim", "threads"}
+KNOWN = {"source", "binarize", "per_channel", "epochs", "batch_size", "seed", "lr", "width", "feature_dim", "threads"}
 
 
 def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -37,7 +41,14 @@ def build(dataset: str, root: Path, params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise DataError(f"unknown evaluator parameter '{unknown[0]}' for {dataset} (known: {', '.join(sorted(KNOWN))})")
     source = params.get("source", dataset)
+    per_channel = params.get("per_channel", 0)
+    if isinstance(per_channel, bool) or not isinstance(per_channel, int) or per_channel < 0:
+        raise DataError(f"evaluator parameter per_channel for {dataset} must be an integer >= 0 "
+                        f"(channels classified one by one; 0: whole images), got {per_channel!r}")
     prepared = data.load(root / "data" / "prepared" / source)
+    if per_channel and prepared.shape[0] != 1:
+        raise DataError(f"evaluator {dataset}: per_channel needs a single-channel source, "
+                        f"{source} has shape {list(prepared.shape)}")
     if "train_labels" not in prepared.arrays:
         raise DataError(f"dataset {source} has no labels, so no evaluator can be trained on it; give a labelled source")
     seed = int(params.get("seed", 0))
@@ -55,7 +66,8 @@ def build(dataset: str, root: Path, params: dict[str, Any]) -> dict[str, Any]:
     )
     metrics = {"val_accuracy": val_acc, "test_accuracy": accuracy(model, x["test"], prepared.arrays["test_labels"]),
                "train_seconds": time.perf_counter() - t0, "source": source,
-               "binarized": bool(params.get("binarize", False)), "data_hash": prepared.manifest["hash"]}
+               "binarized": bool(params.get("binarize", False)), "per_channel": per_channel,
+               "data_hash": prepared.manifest["hash"]}
     out = root / "data" / "evaluators" / dataset
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -67,7 +79,9 @@ def build(dataset: str, root: Path, params: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def load(folder: str | Path) -> tuple[Evaluator, dict]:
+def load(folder: str | Path) -> tuple[Evaluator | PerChannelEvaluator, dict]:
+    """The trained network (eval mode) and its metrics.json; a `per_channel: C` evaluator comes
+    wrapped in a PerChannelEvaluator for (n, C, H, W) images."""
     folder = Path(folder)
     if not (folder / EVALUATOR_FILE).is_file():
         raise DataError(f"no trained evaluator in {folder}; run `dvc repro evaluator@<dataset>`")
@@ -76,7 +90,10 @@ def load(folder: str | Path) -> tuple[Evaluator, dict]:
     model = Evaluator(cfg)
     model.load_state_dict(state["state_dict"])
     model.eval()
-    return model, json.loads((folder / METRICS_FILE).read_text())
+    meta = json.loads((folder / METRICS_FILE).read_text())
+    if meta.get("per_channel"):
+        model = PerChannelEvaluator(model, int(meta["per_channel"])).eval()
+    return model, meta
 
 
 def as_images(x: np.ndarray) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """MLflow pyfunc of a dataset's evaluator network: predict(images (n, C, H, W) in [0, 1]) -> class
-probabilities (n, classes). Registered as `evaluator-<dataset>`; logged "from code" like genzoo.pyfunc."""
+probabilities (n, classes), or (n, C, classes) for a per-channel evaluator (stacked-mnist: the digit
+of each channel). Registered as `evaluator-<dataset>`; logged "from code" like genzoo.pyfunc."""
 
 import warnings
 

@@ -160,12 +160,18 @@ class GenerativeModel(nn.Module):
         super().__init__()
         if not isinstance(config, self.Config):
             raise ConfigError(f"{self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
-        if config.data_kind not in self.supported_kinds:
-            raise ConfigError(
-                f"family '{self.name}' does not fit {config.data_kind} data "
-                f"(it fits: {', '.join(self.supported_kinds)})"
-            )
+        self.check_data(config)
         self.config = config
+
+    @classmethod
+    def check_data(cls, config: FamilyConfig) -> None:
+        """Raise ConfigError when this family cannot model data of the config's kind and shape
+        (the pipeline skips such pairings before training; families with shape limits extend it)."""
+        if config.data_kind not in cls.supported_kinds:
+            raise ConfigError(
+                f"family '{cls.name}' does not fit {config.data_kind} data "
+                f"(it fits: {', '.join(cls.supported_kinds)})"
+            )
 
     # -- training -------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

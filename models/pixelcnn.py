@@ -91,13 +91,17 @@ class PixelCNN(GenerativeModel):
     Config = PixelCNNConfig
     supported_kinds = ("binary", "image")
 
+    @classmethod
+    def check_data(cls, config: PixelCNNConfig) -> None:
+        super().check_data(config)
+        if len(config.data_shape) != 3:
+            raise ConfigError(f"pixelcnn needs image-shaped data (C, H, W), got data_shape {list(config.data_shape)}")
+        if config.data_shape[0] != 1:
+            raise ConfigError(f"pixelcnn models single-channel images only (C = 1), got {config.data_shape[0]} channels")
+
     def __init__(self, config: PixelCNNConfig):
         super().__init__(config)
         c = config
-        if len(c.data_shape) != 3:
-            raise ConfigError(f"pixelcnn needs image-shaped data (C, H, W), got data_shape {list(c.data_shape)}")
-        if c.data_shape[0] != 1:
-            raise ConfigError(f"pixelcnn models single-channel images only (C = 1), got {c.data_shape[0]} channels")
         self.out_channels = 1 if c.data_kind == "binary" else c.levels
         self.stack = nn.ModuleList(
             GatedLayer(1 if i == 0 else c.channels, c.channels, c.first_kernel if i == 0 else c.kernel,

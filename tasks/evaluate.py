@@ -2,7 +2,7 @@
 
 - sample:   draws samples in batches (up to a time budget, so O(pixels) samplers stay
             affordable), times them, saves them and their picture;
-- evaluate: mode statistics on ring8/grid25; the family's own test likelihood (exact,
+- evaluate: mode statistics on ring8/grid25 and Stacked MNIST; the family's own test likelihood (exact,
             bound or estimate); the legacy Parzen-window estimate for every family;
             on image data FID, KID, precision/recall and density/coverage on the
             features of the dataset's evaluator network. Every number is logged with
@@ -24,7 +24,7 @@ import models
 from data import sources
 from genzoo import quality
 from genzoo.config import EvalConfig
-from genzoo.metrics import likelihood_summary, mode_statistics
+from genzoo.metrics import likelihood_summary, mode_histogram_statistics, mode_statistics, stacked_mode_ids
 from genzoo.training import log_likelihoods
 from genzoo.plots import save_samples
 from tasks.tracking import log_metrics, log_params
@@ -93,7 +93,8 @@ def parzen(samples: np.ndarray, prepared: data.Prepared, ecfg: EvalConfig) -> di
 
 
 def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: str, ecfg: EvalConfig) -> dict:
-    """FID, KID, precision/recall, density/coverage on the evaluator's penultimate features."""
+    """FID, KID, precision/recall, density/coverage on the evaluator's penultimate features; with
+    evaluate.fid_network 'inception' also `inception_fid` on Inception-v3 features (genzoo/inception.py)."""
     from genzoo import evaluator_stage
     from genzoo.evaluator import extract_features
 
@@ -111,11 +112,42 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
                                                    subset_size=min(1000, len(f_fake), len(f_real)), seed=ecfg.seed),
                **quality.precision_recall(f_real, f_fake, k=min(3, k)),
                **quality.density_coverage(f_real, f_fake, k=k)}
+        if ecfg.fid_network == "inception":  # optional extra ruler: same samples, same real images
+            from genzoo import inception
+
+            net = inception.load()
+            fakes = inception.inception_features(evaluator_stage.as_images(samples), net)
+            out["inception_fid"] = quality.frechet_distance(inception.inception_features(real, net), fakes)
+            out["inception_fid_samples"] = len(fakes)
     out["evaluator_test_accuracy"] = meta["test_accuracy"]
     out["metric_samples"], out["metric_real"] = len(f_fake), len(f_real)
     if any(issubclass(w.category, quality.SmallSampleWarning) for w in caught):
         out["small_sample_warning"] = f"{len(f_fake)} samples / {len(f_real)} real: fewer than 10,000, noisy"
         print(f"[genzoo] warning: {prepared.name} quality metrics from {len(f_fake)} samples (< 10,000): noisy", flush=True)
+    return out
+
+
+def stacked_modes(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: str, ecfg: EvalConfig) -> dict:
+    """Stacked MNIST mode coverage (Metz et al. 2017; VEEGAN; PacGAN): the evaluator's digit
+    classifier labels each channel, a sample's mode is 100 * d0 + 10 * d1 + d2; modes captured
+    and KL(mode histogram || uniform over the manifest's `modes`), in nats."""
+    from genzoo import evaluator_stage
+
+    num_modes = int(prepared.manifest["modes"])
+    net, _ = evaluator_stage.load(evaluator_dir)
+    if not hasattr(net, "predict_digits"):
+        raise ValueError(f"{prepared.name} counts its {num_modes} modes channel by channel, but the evaluator in "
+                         f"{evaluator_dir} classifies whole images; set evaluators.{prepared.name}.per_channel in params.yaml")
+    classes = net.digit.config.num_classes
+    if classes ** net.channels != num_modes:
+        raise ValueError(f"{prepared.name} has {num_modes} modes, but its evaluator tells {classes} classes "
+                         f"in each of {net.channels} channels ({classes ** net.channels} modes)")
+    digits = net.predict_digits(evaluator_stage.as_images(samples))  # (n, channels)
+    out = {**mode_histogram_statistics(stacked_mode_ids(digits, classes), num_modes), "mode_samples": len(samples)}
+    if len(samples) < ecfg.n_mode_samples:
+        out["mode_sample_warning"] = f"{len(samples)} samples: fewer than {ecfg.n_mode_samples:,} (the protocol's count)"
+        print(f"[genzoo] warning: {prepared.name} mode statistics from {len(samples)} samples "
+              f"(< {ecfg.n_mode_samples:,}): modes captured is biased low", flush=True)
     return out
 
 
@@ -130,6 +162,11 @@ def evaluate(model_path: str, dataset: str, prepared_dir: str, samples_path: str
     if dataset in MIXTURES and prepared.kind == "points":
         std = prepared.manifest["params"].get("std", MIXTURES[dataset])
         out.update(mode_statistics(samples, sources.mode_centers(dataset), std))
+    if prepared.manifest.get("modes"):  # Stacked MNIST: mode counts on all samples, the rest on the image protocol's
+        if evaluator_dir is None:
+            raise ValueError(f"{dataset} counts modes with its evaluator, but none is trained; add it to params.yaml evaluators")
+        out.update(stacked_modes(samples, prepared, evaluator_dir, ecfg))
+        samples = samples[:ecfg.n_image_samples]
     if model.likelihood_kind != "none":
         out.update(family_likelihood(model, prepared, ecfg))
     out.update(parzen(samples, prepared, ecfg))

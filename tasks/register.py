@@ -77,7 +77,7 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
     run_id = tracking.start_run(Path(root), name, tags={"genzoo.dataset": dataset, "genzoo.kind": "evaluator"})
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if isinstance(v, float)})
     tracking.log_params(run_id, {"source": metrics["source"], "binarized": str(metrics["binarized"]),
-                                 "data_hash": metrics["data_hash"]})
+                                 "per_channel": str(metrics.get("per_channel", 0)), "data_hash": metrics["data_hash"]})
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
         info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.pyfunc_evaluator.__file__,

@@ -16,11 +16,16 @@ from prefect import task
 COLUMNS = [  # (header, row key)
     ("branch", "branch"), ("family", "family"), ("dataset", "dataset"), ("status", "status"),
     ("likelihood", "likelihood_method"), ("test NLL (nats)", "test_nll"), ("bits/dim", "test_bits_per_dim"),
-    ("Parzen (nats, legacy)", "parzen_ll"), ("FID", "fid"), ("KID", "kid"), ("precision", "precision"),
-    ("recall", "recall"), ("density", "density"), ("coverage", "coverage"), ("modes", "modes"),
-    ("high-quality", "high_quality_fraction"), ("KL(modes||unif)", "kl_to_uniform"),
+    ("Parzen (nats, legacy)", "parzen_ll"), ("FID", "fid"), ("Inception FID", "inception_fid"), ("KID", "kid"),
+    ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
+    ("modes", "modes"), ("high-quality", "high_quality_fraction"), ("KL(modes||unif)", "kl_to_uniform"),
     ("train s", "train_seconds"), ("ms/sample", "ms_per_sample"), ("registered", "registered"),
 ]
+OPTIONAL = {"inception_fid"}  # shown only when some row has it (evaluate.fid_network: inception)
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(h, k) for h, k in COLUMNS if k not in OPTIONAL or any(r.get(k) is not None for r in rows)]
 
 
 def _fmt(v) -> str:
@@ -67,8 +72,8 @@ def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[dict], list[str]]:
 
 def markdown(info: dict, rows: list[dict], skipped: list[str]) -> str:
     lines = [f"# genzoo comparison: {info['name']} ({info['preset']})", "",
-             "| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for _, k in COLUMNS) + " |" for r in rows]
+             "| " + " | ".join(h for h, _ in columns(rows)) + " |", "|" + "---|" * len(columns(rows))]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for _, k in columns(rows)) + " |" for r in rows]
     failed = [r for r in rows if r["status"] != "FINISHED"]
     if failed:
         lines += ["", "Failed trainings:"] + [f"- {r['family']}-{r['dataset']}: {r['reason']}" for r in failed]
@@ -78,13 +83,14 @@ def markdown(info: dict, rows: list[dict], skipped: list[str]) -> str:
               "in nats per example; Parzen is the legacy Gaussian-window estimate (Goodfellow et al. 2014; "
               "Theis et al. 2016 show it can rank models wrongly); FID/KID/precision/recall/density/coverage use "
               "the dataset's own evaluator network (`evaluator-<dataset>` in MLflow), so they compare models "
-              "within genzoo, not with published Inception scores; modes: PacGAN/VEEGAN protocol."]
+              "within genzoo, not with published Inception scores (Inception FID, when evaluate.fid_network is "
+              "'inception', uses the standard FID Inception-v3); modes: PacGAN/VEEGAN protocol."]
     return "\n".join(lines) + "\n"
 
 
 def html_page(info: dict, rows: list[dict], skipped: list[str], pictures: dict[str, bytes]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for _, k in COLUMNS) + "</tr>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in columns(rows))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for _, k in columns(rows)) + "</tr>"
                    for r in rows)
     figs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(key)}">'

@@ -10,6 +10,8 @@ import models
 from models import FAMILIES
 from models.base import ConfigError, NoLikelihood
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention (conftest)
+
 SHAPES = {"points": (2,), "image": (1, 8, 8), "binary": (1, 8, 8)}
 CASES = [(name, kind) for name, cls in FAMILIES.items() for kind in cls.supported_kinds]
 
@@ -109,3 +111,20 @@ def test_registry_names_match_classes():
     assert {"gan", "vae"} <= set(FAMILIES)
     for name, cls in FAMILIES.items():
         assert cls.name == name and issubclass(cls.Config, models.FamilyConfig)
+
+
+@pytest.mark.parametrize("name", [n for n, cls in FAMILIES.items() if "image" in cls.supported_kinds])
+def test_three_channel_images_train_and_sample_or_are_refused(name):
+    """Stacked MNIST is (3, 28, 28): every image family trains and samples on 3 channels, or says it cannot."""
+    config = {"data_shape": [3, 8, 8], "data_kind": "image", "levels": 256}
+    if name == "pixelcnn":
+        with pytest.raises(ConfigError, match="single-channel images only"):
+            models.build(name, config)
+        return
+    torch.manual_seed(0)
+    model = models.build(name, config)
+    x = torch.round(torch.rand((8, 3, 8, 8), generator=torch.Generator().manual_seed(0)) * 255) / 255
+    metrics = model.training_step(x, model.configure_optimizers())
+    assert all(torch.isfinite(torch.tensor(float(v))) for v in metrics.values()), metrics
+    s = model.sample(4, torch.Generator().manual_seed(3))
+    assert s.shape == (4, 3, 8, 8) and torch.isfinite(s).all() and s.min() >= 0 and s.max() <= 1

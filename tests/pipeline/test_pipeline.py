@@ -167,6 +167,8 @@ def test_bad_input_exits_2_and_registers_nothing(services, project, tmp_path):
     assert main(["run", "--datasets", str(tmp_path / "missing"), "--preset", "smoke"]) == 2
     assert main(["run", "--datasets", "ring8", "--epochs", "0", "--preset", "smoke"]) == 2
     assert main(["run", "--datasets", "ring8", "--batch-size", "-1", "--preset", "smoke"]) == 2
+    assert main(["run", "--datasets", "ring8", "--set", "evaluate.n_samplez=10", "--preset", "smoke"]) == 2
+    assert main(["run", "--datasets", "ring8", "--set", "evaluate.fid_network=resnet", "--preset", "smoke"]) == 2
     bad = tmp_path / "badvalues.npy"
     x = np.ones((40, 2), dtype=np.float32)
     x[5, 0] = np.nan

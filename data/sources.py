@@ -251,7 +251,7 @@ def user_data(path: Path) -> Raw:
         x, files = _image_folder(path)
     elif path.suffix == ".npy":
         x = _load_array(path, lambda: np.load(path, allow_pickle=False))
-        files = {path.name: _sha256_file(path)}
+        files = {path.name: sha256_file(path)}
     elif path.suffix == ".npz":
         def read():
             with np.load(path, allow_pickle=False) as archive:
@@ -260,7 +260,7 @@ def user_data(path: Path) -> Raw:
                 key = "x" if "x" in archive.files else archive.files[0]
                 return archive[key]
         x = _load_array(path, read)
-        files = {path.name: _sha256_file(path)}
+        files = {path.name: sha256_file(path)}
     else:
         raise DataError(f"{path} is not a .npy/.npz file or a folder of images")
     return Raw(*_infer_kind(x, path), {"all": (_canonical_shape(x, path), None)}, f"user data {path}", files)
@@ -294,7 +294,7 @@ def _image_folder(path: Path) -> tuple[np.ndarray, dict[str, str]]:
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise DataError(f"images in {path} have different sizes {sorted(shapes)}; genzoo needs one size")
-    return np.stack(images)[:, None], {f.name: _sha256_file(f) for f in files}
+    return np.stack(images)[:, None], {f.name: sha256_file(f) for f in files}
 
 
 def _canonical_shape(x: np.ndarray, path: Path) -> np.ndarray:
@@ -318,7 +318,7 @@ def _infer_kind(x: np.ndarray, path: Path) -> tuple[str, int]:
     return "points", 0
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -35,7 +35,6 @@ is the ruler that ranks genzoo models; the Inception FID is an extra column.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import itertools
 import os
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 
 from data.errors import DataError
+from data.sources import sha256_file
 from genzoo.evaluator import _images
 
 URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -56,14 +56,6 @@ CACHE = "~/.cache/genzoo/inception"  # expanded when used, never at import time
 PATH_ENV = "GENZOO_INCEPTION_PATH"  # a local .pt file: use it, never download
 URL_ENV = "GENZOO_INCEPTION_URL"  # another download address (a mirror; tests use a closed port)
 TIMEOUT_SECONDS = 60.0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, target: Path) -> None:
@@ -83,7 +75,7 @@ def _download(url: str, target: Path) -> None:
             f"set {PATH_ENV} to its path (or set evaluate.fid_network: evaluator in params.yaml)") from None
     finally:
         part.unlink(missing_ok=True)  # gone after the rename; a partial file never stays behind
-    target.with_name(target.name + ".sha256").write_text(_sha256(target) + "\n")
+    target.with_name(target.name + ".sha256").write_text(sha256_file(target) + "\n")
 
 
 def network_file() -> Path:
@@ -98,7 +90,7 @@ def network_file() -> Path:
     if not path.is_file():
         _download(os.environ.get(URL_ENV) or URL, path)
     recorded = path.with_name(path.name + ".sha256")
-    if recorded.is_file() and _sha256(path) != recorded.read_text().strip():
+    if recorded.is_file() and sha256_file(path) != recorded.read_text().strip():
         raise DataError(f"{path} no longer matches the SHA-256 recorded at download ({recorded}): "
                         "delete both files to download it again")
     return path

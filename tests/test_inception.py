@@ -60,7 +60,7 @@ def test_changed_cached_file_is_caught_by_the_recorded_digest(offline_cache):
     offline_cache.mkdir()
     path = offline_cache / inception.FILENAME
     path.write_bytes(b"downloaded")
-    path.with_name(path.name + ".sha256").write_text(inception._sha256(path) + "\n")
+    path.with_name(path.name + ".sha256").write_text(inception.sha256_file(path) + "\n")
     assert inception.network_file() == path  # present and unchanged: no download attempted
     path.write_bytes(b"changed")
     with pytest.raises(DataError, match="SHA-256"):

@@ -24,6 +24,9 @@ QUIET = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_UI_ENABLED": "false",  # the ephemeral API needs no UI; `make ui` starts a real server
+    # The ephemeral API server starts in ~10 s, but on a busy machine (trainings running) it can need
+    # more than Prefect's default 20 s: wait for it rather than fail the flow.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "DVC_NO_ANALYTICS": "1",
     "GIT_PYTHON_REFRESH": "quiet",
     "TOKENIZERS_PARALLELISM": "false",

@@ -129,8 +129,8 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             except models.ConfigError as exc:  # e.g. pixelcnn on 3-channel images
                 skipped.append(f"{family} on {name}: {exc}")
                 continue
-            futures.append(train.submit(family, name, folder, mcfg, train_cfg.to_dict(), str(root), str(run_dir),
-                                        parent, tag, fail_once_at_epoch, reuse_trainings))
+            futures.append((family, name, train.submit(family, name, folder, mcfg, train_cfg.to_dict(), str(root),
+                                                       str(run_dir), parent, tag, fail_once_at_epoch, reuse_trainings)))
     for s in skipped:
         logger.warning("skipped %s", s)
     tracking.client().set_tag(parent, "genzoo.skipped", json.dumps(skipped))
@@ -140,8 +140,11 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             register_evaluator(str(root), name, str(folder))
 
     rows = []
-    for fut in futures:
-        res = fut.result()
+    for family, name, fut in futures:
+        try:
+            res = fut.result()
+        except Exception as exc:  # the task failed before its MLflow run existed: one FAILED row, not a dead flow
+            res = {"family": family, "dataset": name, "status": "FAILED", "reason": f"training task failed: {exc}"}
         row = dict(res)
         if res["status"] == "FINISHED":
             try:

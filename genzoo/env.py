@@ -45,6 +45,10 @@ def configure(root: Path | None = None) -> Path:
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    if os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:"):
+        # One SQLite connection per use instead of a pool of 15: a pipeline's many concurrent tasks
+        # otherwise exhaust the pool on a busy machine (QueuePool timeout); SQLite's busy timeout queues writes.
+        os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "site-cache"))
     os.environ.setdefault("MPLCONFIGDIR", str(root / ".cache" / "matplotlib"))
     # DVC stages call `genzoo prepare`: make this interpreter's scripts folder come first on PATH.

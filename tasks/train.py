@@ -257,6 +257,26 @@ def train(
                                  "data.shape": str(prepared.manifest["shape"]), "data.kind": prepared.kind})
     out = Path(run_dir) / f"{family}-{dataset}"
     started = time.time()
+    try:
+        return _train_tracked(family, dataset, prepared, model_config, train_config, root_path, run_id, out, key,
+                              started, run_tag, fail_once_at_epoch, reuse)
+    except Exception as exc:  # a service error (MLflow, Ray) ends this training's run, not the flow
+        reason = f"training task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"[genzoo] {family}-{dataset} FAILED: {reason}", flush=True)
+        try:
+            tracking.end_run(run_id, "FAILED", reason)
+        except Exception as again:  # the tracking store itself is unreachable: say so, keep the first reason
+            print(f"[genzoo] could not mark run {run_id} FAILED in MLflow: {again}", flush=True)
+        return {"family": family, "dataset": dataset, "run_id": run_id, "status": "FAILED", "reason": reason,
+                "resumed_from": [], "train_seconds": float("nan"), "ray_run": "", "started_at": started,
+                "ended_at": time.time()}
+
+
+def _train_tracked(family, dataset, prepared, model_config, train_config, root_path, run_id, out, key, started,
+                   run_tag, fail_once_at_epoch, reuse) -> dict[str, Any]:
+    import models
+    from tasks import tracking
+
     prior = finished_training(key) if reuse else None
     if prior is not None:
         return _reuse(prior, run_id, out, family, dataset, started)

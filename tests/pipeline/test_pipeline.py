@@ -106,6 +106,29 @@ def test_rerun_reuses_finished_trainings(first_run, project):
         assert len(client().search_model_versions(f"name='{name}'")) == 1
 
 
+def test_a_service_error_in_one_training_fails_only_that_row(first_run, project, monkeypatch):
+    """A training task hit by an infrastructure error (here the tracking store, injected) ends its own
+    MLflow run as FAILED with the reason; the flow finishes the other pairs and reports."""
+    from flows.pipeline import pipeline
+    from tasks import train as train_module
+
+    real = train_module._train_tracked
+
+    def flaky(family, *args, **kwargs):
+        if family == "gan":
+            raise RuntimeError("QueuePool limit reached (injected)")
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_tracked", flaky)
+    result = pipeline(families=["gan", "vae"], datasets=["ring8"], preset="smoke", register_models=False)
+    rows = {r["family"]: r for r in result["rows"]}
+    assert rows["vae"]["status"] == "FINISHED" and rows["vae"]["reused_from"]
+    assert rows["gan"]["status"] == "FAILED" and "QueuePool limit reached (injected)" in rows["gan"]["reason"]
+    run = client().get_run(rows["gan"]["run_id"])
+    assert run.info.status == "FAILED" and "injected" in run.data.tags["genzoo.failure_reason"]
+    assert "| gan | ring8 | FAILED |" in Path(result["report"]).read_text()
+
+
 def test_fetch_registered_models(first_run, tmp_path):
     import mlflow
 

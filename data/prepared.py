@@ -34,6 +34,16 @@ class Prepared:
     def tensor(self, split: str, limit: int | None = None) -> torch.Tensor:
         return to_model_space(self.arrays[split][:limit], self.manifest)
 
+    def subset(self, split: str, n: int | None, seed: int) -> torch.Tensor:
+        """n rows of `split` drawn without replacement with `seed` (kept in file order), or all rows
+        when n is None, 0 or at least the split's size. Evaluation uses this, not the first n rows:
+        file order is not random (MNIST's first 5,000 test digits are the cleaner half)."""
+        x = self.arrays[split]
+        if not n or n >= len(x):
+            return to_model_space(x, self.manifest)
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+        return to_model_space(x[rows], self.manifest)
+
 
 def to_model_space(x: np.ndarray, manifest: dict) -> torch.Tensor:
     """Stored values -> float tensor: images k/(levels-1) in [0,1], binary {0,1}, points as they are."""

@@ -72,7 +72,7 @@ class EvalConfig(_Strict):
     n_image_samples: int = 1000  # samples of image data for FID & co. (10,000 in the papers)
     n_mode_samples: int = 26000  # samples drawn on Stacked MNIST to count its 1,000 modes (PacGAN/VEEGAN)
     sample_budget_seconds: float = 120.0  # stop drawing image samples after this long (min. 64): O(pixels) samplers
-    likelihood_examples: int = 2000  # test examples for the likelihood (0: whole test split)
+    likelihood_examples: int = 2000  # test examples (a seeded random subset) for the likelihood (0: whole test split)
     parzen_examples: int = 1000  # validation rows to choose sigma, test rows to score
     real_examples: int = 2000  # test images whose features stand for the data in FID & co.
     seed: int = 1234

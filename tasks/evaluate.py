@@ -69,7 +69,7 @@ def sample(model_path: str, dataset: str, n: int, seed: int, budget_seconds: flo
 
 
 def family_likelihood(model: models.GenerativeModel, prepared: data.Prepared, ecfg: EvalConfig) -> dict:
-    test = prepared.tensor("test", ecfg.likelihood_examples or None)
+    test = prepared.subset("test", ecfg.likelihood_examples, ecfg.seed)
     torch.manual_seed(ecfg.seed)
     ll = log_likelihoods(model, test).numpy()
     if not np.isfinite(ll).all():
@@ -81,8 +81,8 @@ def family_likelihood(model: models.GenerativeModel, prepared: data.Prepared, ec
 def parzen(samples: np.ndarray, prepared: data.Prepared, ecfg: EvalConfig) -> dict:
     """Goodfellow et al. (2014) Parzen window: sigma chosen on validation rows, mean over test rows."""
     flat = samples.reshape(len(samples), -1).astype(np.float64)
-    val = prepared.tensor("val", ecfg.parzen_examples).flatten(1).double().numpy()
-    test = prepared.tensor("test", ecfg.parzen_examples).flatten(1).double().numpy()
+    val = prepared.subset("val", ecfg.parzen_examples, ecfg.seed).flatten(1).double().numpy()
+    test = prepared.subset("test", ecfg.parzen_examples, ecfg.seed).flatten(1).double().numpy()
     grid = POINT_SIGMAS if prepared.kind == "points" else quality.PARZEN_SIGMAS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # edge-of-grid notice: the sigma is logged anyway
@@ -99,7 +99,7 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
     from genzoo.evaluator import extract_features
 
     net, meta = evaluator_stage.load(evaluator_dir)
-    real = prepared.tensor("test", ecfg.real_examples)
+    real = prepared.subset("test", ecfg.real_examples, ecfg.seed)
     if prepared.kind == "binary":
         real = (real > 0.5).float()
     f_real = extract_features(net, real)

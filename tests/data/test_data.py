@@ -149,3 +149,16 @@ def test_image_folder(tmp_path):
     (folder / "odd.png").write_bytes(b"broken")
     with pytest.raises(DataError, match="odd.png is corrupt"):
         prep(str(folder), tmp_path / "out3")
+
+
+def test_evaluation_subsets_are_seeded_random_rows_not_the_first(tmp_path):
+    data.prepare("digits", tmp_path / "digits", {}, tmp_path / "raw")
+    prepared = data.load(tmp_path / "digits")
+    test = prepared.arrays["test"]
+    a, b = prepared.subset("test", 50, seed=3), prepared.subset("test", 50, seed=3)
+    assert a.shape == (50, 1, 8, 8) and bool((a == b).all())  # reproducible from the seed
+    assert not bool((a == prepared.tensor("test", 50)).all())  # not the file's first rows
+    rows = {bytes(r) for r in test.astype(np.uint8)}
+    assert all(bytes((r * 16).round().numpy().astype(np.uint8)) in rows for r in a)  # rows of the split itself
+    assert bool((prepared.subset("test", 0, seed=3) == prepared.tensor("test")).all())  # 0: the whole split
+    assert len(prepared.subset("test", 10 ** 6, seed=3)) == len(test)

@@ -24,16 +24,22 @@ def evaluator_dir(root: Path, name: str) -> Path | None:
     return folder if (folder / "evaluator.pt").is_file() else None
 
 
-def dvc(root: Path, *args: str, lock_wait_seconds: float = 600) -> str:
+def dvc(root: Path, *args: str, lock_wait_seconds: float = 1800) -> str:
     """Run the DVC CLI of this interpreter in the project; a failure becomes a DataError naming the cause.
-    Another pipeline run holding DVC's repository lock is waited for (it is transient), not an error."""
-    deadline = time.monotonic() + lock_wait_seconds
+    Another pipeline run holding DVC's repository lock, or writing an output this one needs (DVC's
+    read-write lock, e.g. two runs preparing MNIST at once), is waited for (it is transient), not an error."""
+    deadline, waited = time.monotonic() + lock_wait_seconds, False
     while True:
         proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
-        if proc.returncode == 0 or "Unable to acquire lock" not in proc.stdout + proc.stderr:
+        text = proc.stdout + proc.stderr
+        # Another run holds the repository lock, or (read-write lock) is writing an output this repro reads.
+        if proc.returncode == 0 or not any(m in text for m in ("Unable to acquire lock", "is being blocked by")):
             break
         if time.monotonic() > deadline:
             raise DataError(f"another process has held DVC's lock in {root} for over {lock_wait_seconds:.0f} s")
+        if not waited:
+            print(f"[genzoo] waiting for another run's DVC stage in {root} (dvc {' '.join(args)})", flush=True)
+            waited = True
         time.sleep(2)
     if proc.returncode != 0:
         text = proc.stdout + proc.stderr

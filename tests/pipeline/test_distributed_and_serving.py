@@ -139,3 +139,28 @@ def test_two_pipeline_runs_at_once_keep_their_own_outputs(services, project):
     assert versions == [f"vae-grid25/{before + 1}", f"vae-grid25/{before + 2}"]
     for r in runs:
         assert Path(r["rows"][0]["model_path"]).is_file() and r["run_name"] in r["rows"][0]["model_path"]
+
+
+def test_a_dataset_being_written_by_another_run_is_waited_for(services, project):
+    """DVC's read-write lock: while another process writes data/prepared/ring8, a repro that needs it
+    waits (instead of failing with 'is busy, it is being blocked by'), then succeeds."""
+    import json
+    import os
+    import threading
+    import time
+
+    from tasks.prepare import dvc
+
+    lock = project / ".dvc" / "tmp" / "rwlock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    target = str(project / "data" / "prepared" / "ring8")
+    lock.write_text(json.dumps({"write": {target: {"pid": os.getpid(), "cmd": "another genzoo run"}}, "read": {}}))
+    released = threading.Timer(4.0, lambda: lock.write_text("{}"))
+    released.start()
+    t0 = time.monotonic()
+    try:
+        dvc(project, "repro", "prepare@ring8")
+    finally:
+        released.cancel()
+        lock.write_text("{}")
+    assert time.monotonic() - t0 >= 3.5  # it waited for the writer to let go

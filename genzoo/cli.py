@@ -221,7 +221,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     root = configure()
     table = reproduce.TABLES[args.table]
-    results = reproduce.run(table, args.budget, root, retrain=args.retrain)
+    results = reproduce.run(table, args.budget, root, retrain=args.retrain, rows=_csv(args.rows) if args.rows else None)
+    if args.rows:  # the other rows keep their last written results
+        results = reproduce.merge_previous(table, args.budget, results, root)
     path = reproduce.write(table, args.budget, results, root)
     print(reproduce.render(table, args.budget, results))
     print(f"written to {path} (and {path.with_suffix('.json')})")
@@ -275,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--budget", choices=["cpu", "full"], default="cpu",
                     help="cpu: cut to about half an hour on 2 cores (default); full: papers' sizes, 50 epochs")
     rr.add_argument("--retrain", action="store_true", help="train again even where an identical training finished")
+    rr.add_argument("--rows", help="only these rows (family names or parts of row labels, comma-separated); "
+                                   "the table keeps the other rows' last results")
     rr.set_defaults(func=cmd_reproduce)
 
     ev = sub.add_parser("evaluator", help="train the feature network of one image dataset (a DVC stage command)")

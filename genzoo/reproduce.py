@@ -163,16 +163,33 @@ def check(table: Table, budget: str, root: Path) -> None:
                  {**table.evaluate.get(budget, {}), **evaluate})
 
 
-def run(table: Table, budget: str, root: Path, retrain: bool = False, log=print) -> list[dict[str, Any]]:
-    """Train and evaluate every row with a family (one pipeline flow run each); returns the result rows."""
+def select(table: Table, rows: list[str] | None) -> list[Entry]:
+    """The trained rows, or those whose family or label contains one of `rows` (case-insensitive)."""
+    trained = [e for e in table.entries if e.family]
+    if not rows:
+        return trained
+    wanted = [r.lower() for r in rows]
+    chosen = [e for e in trained if any(w == e.family or w in e.label.lower() for w in wanted)]
+    if not chosen:
+        from models.base import ConfigError
+
+        raise ConfigError(f"no row of {table.name} matches {', '.join(rows)} "
+                          f"(rows: {'; '.join(e.label for e in trained)})")
+    return chosen
+
+
+def run(table: Table, budget: str, root: Path, retrain: bool = False, log=print,
+        rows: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate the table's rows with a family (or the `rows` selected), one pipeline flow
+    run each; returns the result rows."""
     from flows.pipeline import pipeline
     from tasks.services import ensure_ray
 
+    trained = select(table, rows)
     check(table, budget, root)
     owns_ray = ensure_ray()
     results = []
     try:
-        trained = [e for e in table.entries if e.family]
         for i, e in enumerate(trained, 1):
             model, train, evaluate = e.settings(budget)
             log(f"[reproduce {table.name}] {i}/{len(trained)}: {e.label} ({e.family}, {budget} budget)")
@@ -232,6 +249,14 @@ def render(table: Table, budget: str, results: list[dict[str, Any]]) -> str:
     lines += ["", "Evaluation settings: " + (", ".join(f"{k}={v}" for k, v in ev.items()) or "params.yaml defaults")
               + " (likelihood_examples=0: the whole test set)."]
     return "\n".join(lines) + "\n"
+
+
+def merge_previous(table: Table, budget: str, results: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """This call's rows plus, for rows not run this time (`--rows`), the last written result of that row."""
+    saved = root / "reports" / "reproduce" / f"{table.name}-{budget}.json"
+    done = {r["entry"] for r in results}
+    previous = json.loads(saved.read_text())["results"] if saved.is_file() else []
+    return results + [r for r in previous if r["entry"] not in done]
 
 
 def write(table: Table, budget: str, results: list[dict[str, Any]], root: Path) -> Path:

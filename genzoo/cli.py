@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     rr = sub.add_parser("reproduce", help="train the papers' models and print our numbers beside the published ones")
     rr.add_argument("table", choices=["binarized-mnist", "parzen-mnist"])
     rr.add_argument("--budget", choices=["cpu", "full"], default="cpu",
-                    help="cpu: cut to about half an hour on 2 cores (default); full: papers' sizes, 50 epochs")
+                    help="cpu: cut for a 2-core CPU machine (default); full: papers' sizes, 50 epochs")
     rr.add_argument("--retrain", action="store_true", help="train again even where an identical training finished")
     rr.add_argument("--rows", help="only these rows (family names or parts of row labels, comma-separated); "
                                    "the table keeps the other rows' last results")

@@ -10,9 +10,10 @@ budget allows. Rows without a genzoo family (NADE, DBN, ...) are printed as refe
 The models are not registered: a reproduction is not a candidate for `champion`.
 
 Budgets:
-- `cpu` (default): what a 2-core machine finishes in about half an hour per table. The
+- `cpu` (default): cut for a 2-core CPU machine (wall times in BENCHMARKS.md). The
   architectures are the papers' where they are cheap (MADE, the VAE, the RBM, GMMN) and
-  cut where they are not (PixelCNN); training runs a few epochs instead of hundreds;
+  cut where they are not (PixelCNN, GSN); training runs hundreds to a few thousand steps
+  instead of hundreds of epochs;
   the likelihoods are measured on the whole test set, except the VAE's IWAE-5000 bound
   (1,000 test images drawn with a fixed seed, with the standard error). The table
   says all of this in its protocol column and prints the gap to the published number.

@@ -97,8 +97,8 @@ def test_eval_config_fid_network():
 class _FakePrepared:
     name, kind = "tiny", "image"
 
-    def tensor(self, split: str, limit: int | None = None) -> torch.Tensor:
-        return torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))[:limit]  # (40, 1, 8, 8)
+    def subset(self, split: str, n: int | None, seed: int) -> torch.Tensor:
+        return torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))[:n or None]  # (40, 1, 8, 8)
 
 
 @pytest.mark.filterwarnings("ignore::genzoo.quality.SmallSampleWarning")

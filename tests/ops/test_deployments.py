@@ -84,7 +84,7 @@ def prefect_server(ops_env, tmp_path):
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
                             env=ops_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded 2-core machine can take minutes
         while True:
             try:
                 with urllib.request.urlopen(ops_env["PREFECT_API_URL"] + "/health", timeout=2) as r:
@@ -93,7 +93,7 @@ def prefect_server(ops_env, tmp_path):
             except OSError:
                 pass
             assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "prefect server not healthy after 120 s"
+            assert time.monotonic() < deadline, "prefect server not healthy after 300 s"
             time.sleep(0.5)
         yield ops_env["PREFECT_API_URL"]
     finally:

@@ -37,7 +37,7 @@ class Prepared:
     def subset(self, split: str, n: int | None, seed: int) -> torch.Tensor:
         """n rows of `split` drawn without replacement with `seed` (kept in file order), or all rows
         when n is None, 0 or at least the split's size. Evaluation uses this, not the first n rows:
-        file order is not random (MNIST's first 5,000 test digits are the cleaner half)."""
+        file order is not random (binarized MNIST's test blocks of 1,000 differ by up to 67 nats; BENCHMARKS.md)."""
         x = self.arrays[split]
         if not n or n >= len(x):
             return to_model_space(x, self.manifest)

@@ -42,7 +42,6 @@ def dvc(root: Path, *args: str, lock_wait_seconds: float = 1800) -> str:
             waited = True
         time.sleep(2)
     if proc.returncode != 0:
-        text = proc.stdout + proc.stderr
         ours = [line for line in text.splitlines() if line.startswith("error: ")]
         raise DataError(ours[-1][len("error: "):] if ours else f"dvc {' '.join(args)} failed: {text.strip()[-2000:]}")
     return proc.stdout

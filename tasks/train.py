@@ -267,9 +267,7 @@ def train(
             tracking.end_run(run_id, "FAILED", reason)
         except Exception as again:  # the tracking store itself is unreachable: say so, keep the first reason
             print(f"[genzoo] could not mark run {run_id} FAILED in MLflow: {again}", flush=True)
-        return {"family": family, "dataset": dataset, "run_id": run_id, "status": "FAILED", "reason": reason,
-                "resumed_from": [], "train_seconds": float("nan"), "ray_run": "", "started_at": started,
-                "ended_at": time.time()}
+        return _row(family, dataset, run_id, "FAILED", reason, started)
 
 
 def _train_tracked(family, dataset, prepared, model_config, train_config, root_path, run_id, out, key, started,
@@ -286,10 +284,9 @@ def _train_tracked(family, dataset, prepared, model_config, train_config, root_p
     tracking.log_metrics(run_id, {"train_seconds": outcome.seconds})
     if outcome.state and outcome.state.get("resumed_from"):
         tracking.client().set_tag(run_id, "genzoo.resumed_from_epochs", ",".join(map(str, outcome.state["resumed_from"])))
-    summary = {"family": family, "dataset": dataset, "run_id": run_id, "status": outcome.status,
-               "resumed_from": (outcome.state or {}).get("resumed_from", []),
-               "reason": outcome.reason, "train_seconds": outcome.seconds, "ray_run": outcome.ray_run,
-               "started_at": started, "ended_at": time.time()}
+    summary = _row(family, dataset, run_id, outcome.status, outcome.reason, started,
+                   resumed_from=(outcome.state or {}).get("resumed_from", []), train_seconds=outcome.seconds,
+                   ray_run=outcome.ray_run)
     if outcome.status != "FINISHED":
         print(f"[genzoo] {family}-{dataset} FAILED: {outcome.reason}", flush=True)
         tracking.end_run(run_id, "FAILED", outcome.reason)
@@ -337,7 +334,14 @@ def _reuse(prior, run_id: str, out: Path, family: str, dataset: str, started: fl
     c.log_artifact(run_id, str(model_path))
     registered = prior.data.tags.get("genzoo.registered_model")
     print(f"[genzoo] {family}-{dataset}: reusing the finished training of run {prior.info.run_id}", flush=True)
-    return {"family": family, "dataset": dataset, "run_id": run_id, "status": "FINISHED", "reason": "",
-            "resumed_from": [], "train_seconds": prior.data.metrics.get("train_seconds", float("nan")),
-            "ray_run": "", "started_at": started, "ended_at": time.time(), "reused_from": prior.info.run_id,
-            "already_registered": registered, "model_path": str(model_path), "out_dir": str(out)}
+    return _row(family, dataset, run_id, "FINISHED", "", started,
+                train_seconds=prior.data.metrics.get("train_seconds", float("nan")), reused_from=prior.info.run_id,
+                already_registered=registered, model_path=str(model_path), out_dir=str(out))
+
+
+def _row(family: str, dataset: str, run_id: str, status: str, reason: str, started: float,
+         **extra: Any) -> dict[str, Any]:
+    """What a train task returns to the flow: one row of the comparison (extra keys win)."""
+    return {"family": family, "dataset": dataset, "run_id": run_id, "status": status, "reason": reason,
+            "resumed_from": [], "train_seconds": float("nan"), "ray_run": "", "started_at": started,
+            "ended_at": time.time(), **extra}

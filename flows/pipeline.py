@@ -11,8 +11,9 @@ import datetime as dt
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from genzoo.config import Preset
 from prefect import flow, get_run_logger
 
 from genzoo.env import configure
@@ -62,7 +63,7 @@ def plan(families: list[str], datasets: list[str], preset: str, root: Path,
 def pipeline(
     families: list[str] = DEFAULT_FAMILIES,
     datasets: list[str] = DEFAULT_DATASETS,
-    preset: Literal["smoke", "quick", "full"] = "quick",
+    preset: Preset = "quick",
     train_overrides: dict[str, Any] | None = None,
     model_overrides: dict[str, dict[str, Any]] | None = None,
     register_models: bool = True,
@@ -82,7 +83,7 @@ def pipeline(
     owns_ray = ensure_ray()  # a flow run that started Ray (e.g. on a Prefect worker) also stops it
     try:
         return _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models,
-                    reuse_trainings, fail_once_at_epoch, root, logger)
+                    reuse_trainings, fail_once_at_epoch, root, logger, train_overrides, model_overrides)
     finally:
         if owns_ray:
             import ray
@@ -91,8 +92,9 @@ def pipeline(
 
 
 def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_models, reuse_trainings,
-         fail_once_at_epoch, root, logger) -> dict[str, Any]:
+         fail_once_at_epoch, root, logger, train_overrides=None, model_overrides=None) -> dict[str, Any]:
     import models
+    from genzoo.config import recipe_kind
     from data.prepared import read_manifest
     from tasks import tracking
     from tasks.evaluate import evaluate, sample
@@ -121,7 +123,9 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             if manifest["kind"] not in cls.supported_kinds:
                 skipped.append(f"{family} on {name}: {family} fits {', '.join(cls.supported_kinds)} data, {name} is {manifest['kind']}")
                 continue
-            mcfg = {**model_cfgs[family], "data_shape": manifest["shape"], "data_kind": manifest["kind"]}
+            recipe = params.resolve(family, recipe_kind(manifest["shape"], manifest["kind"]), preset,
+                                    train_overrides, (model_overrides or {}).get(family))
+            mcfg = {**recipe.model, "data_shape": manifest["shape"], "data_kind": manifest["kind"]}
             if manifest["levels"] >= 2:
                 mcfg["levels"] = manifest["levels"]
             try:
@@ -129,8 +133,9 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             except models.ConfigError as exc:  # e.g. pixelcnn on 3-channel images
                 skipped.append(f"{family} on {name}: {exc}")
                 continue
-            futures.append((family, name, train.submit(family, name, folder, mcfg, train_cfg.to_dict(), str(root),
-                                                       str(run_dir), parent, tag, fail_once_at_epoch, reuse_trainings)))
+            futures.append((family, name, train.submit(family, name, folder, mcfg, recipe.train.to_dict(), str(root),
+                                                       str(run_dir), parent, tag, fail_once_at_epoch, reuse_trainings,
+                                                       recipe.name)))
     for s in skipped:
         logger.warning("skipped %s", s)
     tracking.client().set_tag(parent, "genzoo.skipped", json.dumps(skipped))

@@ -16,8 +16,9 @@ folders: replacing a raw file alone does not make `dvc repro` re-prepare it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+from genzoo.config import Preset
 from prefect import flow
 
 from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, pipeline
@@ -27,7 +28,7 @@ from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, pipeline
 def retrain(
     families: list[str] = DEFAULT_FAMILIES,
     datasets: list[str] = DEFAULT_DATASETS,
-    preset: Literal["smoke", "quick", "full"] = "quick",
+    preset: Preset = "quick",
 ) -> dict[str, Any]:
     """Re-prepare the data through DVC, retrain `families` on `datasets`, register and promote."""
     return pipeline(families=families, datasets=datasets, preset=preset)

@@ -7,14 +7,15 @@ for a family, a dataset and a budget, and the result is registered as
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+from genzoo.config import Preset
 from prefect import flow
 
 from flows.pipeline import pipeline
 
 
 @flow(name="train", log_prints=True)
-def train(family: str, dataset: str, preset: Literal["smoke", "quick", "full"] = "quick") -> dict[str, Any]:
+def train(family: str, dataset: str, preset: Preset = "quick") -> dict[str, Any]:
     """Train, evaluate and register `family` on `dataset` with the `preset` budget."""
     return pipeline(families=[family], datasets=[dataset], preset=preset)

@@ -231,13 +231,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from genzoo.config import PRESETS
+
     p = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the pipeline flow: prepare, train on Ray, evaluate, register, report")
     r.add_argument("--families", help="comma-separated families, or 'all' (default: gan,vae)")
     r.add_argument("--datasets", help="comma-separated dataset names or paths (default: ring8,grid25,digits,mnist)")
-    r.add_argument("--preset", choices=["smoke", "quick", "full"], default="quick")
+    r.add_argument("--preset", choices=PRESETS, default="quick")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
     r.add_argument("--num-workers", type=int, help="Ray Train workers per training (data-parallel)")

@@ -2,8 +2,11 @@
 
 - `prepare.<dataset>`  -> keyword parameters of data.prepare (checked there)
 - `evaluators.<dataset>` -> the evaluator stage (genzoo/evaluator_stage.py, checked there)
-- `train.<preset>`     -> TrainConfig (budgets: smoke, quick, full)
-- `models.<family>`    -> the family's Config class (models/<family>.py)
+- `train.<preset>`     -> TrainConfig (budgets: smoke, quick, standard, full)
+- `models.<family>`    -> the family's Config class (models/<family>.py): defaults for any data
+- `recipes.<family>.<data kind>` -> the measured recipe of a family on one kind of data
+                          (`model` and `train` settings, and per-budget ones under the budget's
+                          name); see `Params.resolve` for the order in which they apply
 - `evaluate`           -> EvalConfig
 Unknown keys are rejected with a message that names them.
 """
@@ -12,13 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from models.base import ConfigError, _coerce, reject_unknown_keys
 
-PRESETS = ("smoke", "quick", "full")
+Preset = Literal["smoke", "quick", "standard", "full"]  # the training budgets (params.yaml `train`)
+PRESETS: tuple[str, ...] = get_args(Preset)
+# Kinds of data a recipe is written for (`recipe_kind` says which one a dataset is).
+RECIPE_KINDS = ("points", "binary", "small_image", "grey_image", "color_image")
+SCHEDULES = ("constant", "cosine", "step")
 FID_NETWORKS = ("evaluator", "inception")  # evaluate.fid_network: the dataset's own CNN (default), or also Inception-v3
 
 
@@ -48,6 +55,17 @@ class TrainConfig(_Strict):
     max_failures: int = 2  # worker failures survived by resuming from the last checkpoint
     seed: int = 0
     val_examples: int = 500  # validation likelihood per epoch on this many examples (0: none)
+    # -- the optimisation recipe (genzoo/training.py) --
+    schedule: str = "constant"  # learning rate over the run: constant, cosine (to min_lr_ratio) or step
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the initial one
+    step_every: int = 1  # step: epochs between two decays...
+    step_gamma: float = 0.5  # ... by this factor
+    patience: int = 0  # early stopping: epochs without a better validation NLL (0: never stop early)
+    restore_best: bool = True  # likelihood families keep the weights of the best validation NLL
+    ema: float = 0.0  # decay of an exponential moving average of the weights sampled from (0: off)
+    clip_grad: float = 0.0  # max global gradient norm per optimiser step (0: no clipping)
+    init_from_data: bool = True  # output/visible biases start at the logit of the training mean
 
     def __post_init__(self) -> None:
         if isinstance(self.use_gpu, bool):
@@ -64,6 +82,16 @@ class TrainConfig(_Strict):
             raise ConfigError(f"train.use_gpu must be auto, true or false, got {self.use_gpu!r}")
         if self.batch_size < self.num_workers:
             raise ConfigError(f"train.batch_size {self.batch_size} is smaller than num_workers {self.num_workers}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.patience < 0 or self.step_every < 1:
+            raise ConfigError("train.warmup_steps and patience must not be negative, train.step_every must be positive")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.step_gamma <= 1:
+            raise ConfigError("train.min_lr_ratio must be in [0, 1] and train.step_gamma in (0, 1]")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema must be in [0, 1), got {self.ema}")
+        if self.clip_grad < 0:
+            raise ConfigError(f"train.clip_grad must not be negative, got {self.clip_grad}")
 
 
 @dataclasses.dataclass
@@ -90,6 +118,28 @@ class EvalConfig(_Strict):
             raise ConfigError("evaluate.likelihood_examples must not be negative")
 
 
+def recipe_kind(shape: list[int] | tuple[int, ...], kind: str) -> str:
+    """The kind of data a recipe is written for: points (real vectors), binary, or images by size and
+    channels (small: at most 16x16, like the 8x8 digits; grey: one channel; colour: three)."""
+    if kind == "binary":
+        return "binary"
+    if len(shape) != 3:
+        return "points"
+    channels, height, width = shape
+    if channels == 1 and height * width <= 16 * 16:
+        return "small_image"
+    return "grey_image" if channels == 1 else "color_image"
+
+
+@dataclasses.dataclass
+class Recipe:
+    """What a run of one family on one dataset trains with, and where each part came from."""
+
+    name: str  # e.g. 'gan/points/quick': family, recipe kind, budget
+    model: dict[str, Any]  # family config values (without data_shape/data_kind)
+    train: TrainConfig
+
+
 @dataclasses.dataclass
 class Params:
     """The whole of params.yaml, checked."""
@@ -100,11 +150,57 @@ class Params:
     train: dict[str, TrainConfig]
     models: dict[str, dict]
     evaluate: EvalConfig
+    recipes: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # family -> kind -> entry
 
     def train_config(self, preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
         if preset not in self.train:
             raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(self.train)})")
         return TrainConfig.from_dict({**self.train[preset].to_dict(), **(overrides or {})}, f"train.{preset}")
+
+    def resolve(self, family: str, kind: str, preset: str, train_overrides: dict[str, Any] | None = None,
+                model_overrides: dict[str, Any] | None = None) -> Recipe:
+        """The settings of `family` on data of recipe kind `kind` under budget `preset`. Later wins:
+        train.<preset> < recipes.<family>.<kind>.train < recipes.<family>.<kind>.<preset>.train < --set train.*,
+        models.<family> < recipes.<family>.<kind>.model < ....<preset>.model < --set <family>.*."""
+        if preset not in self.train:
+            raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(self.train)})")
+        entry = self.recipes.get(family, {}).get(kind, {})
+        budget = entry.get(preset, {})
+        model = {**self.models.get(family, {}), **entry.get("model", {}), **budget.get("model", {}),
+                 **(model_overrides or {})}
+        train = {**self.train[preset].to_dict(), **entry.get("train", {}), **budget.get("train", {}),
+                 **(train_overrides or {})}
+        name = f"{family}/{kind if entry else 'default'}/{preset}"
+        return Recipe(name, model, TrainConfig.from_dict(train, f"the {name} recipe's train settings"))
+
+
+def _check_recipes(raw: dict, path: Path, families: dict) -> dict[str, dict[str, dict]]:
+    """recipes.<family>.<kind>: {model: {...}, train: {...}, <preset>: {model: {...}, train: {...}}}, every key
+    known (family config fields, TrainConfig fields)."""
+    out: dict[str, dict[str, dict]] = {}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    for family, kinds in (raw or {}).items():
+        if family not in families:
+            raise ConfigError(f"unknown family '{family}' in the recipes section of {path}")
+        model_keys = {f.name for f in dataclasses.fields(families[family].Config)} - {"data_shape", "data_kind"}
+        for kind, entry in (kinds or {}).items():
+            where = f"recipes.{family}.{kind} in {path}"
+            if kind not in RECIPE_KINDS:
+                raise ConfigError(f"unknown data kind '{kind}' in {where} (known: {', '.join(RECIPE_KINDS)})")
+            parts = [("", entry or {})] + [(f".{p}", (entry or {}).get(p) or {}) for p in PRESETS]
+            for prefix, part in parts:
+                allowed = {"model", "train"} | (set(PRESETS) if not prefix else set())
+                for key, values in part.items():
+                    if key not in allowed:
+                        raise ConfigError(f"unknown key '{key}' in {where}{prefix} (known: {', '.join(sorted(allowed))})")
+                    if key in PRESETS:
+                        continue
+                    known = model_keys if key == "model" else train_keys
+                    bad = sorted(set(values or {}) - known)
+                    if bad:
+                        raise ConfigError(f"unknown {key} key '{bad[0]}' in {where}{prefix}")
+            out.setdefault(family, {})[kind] = entry or {}
+    return out
 
 
 def load_params(path: str | Path) -> Params:
@@ -115,7 +211,7 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc})") from None
-    known = {"datasets", "prepare", "evaluators", "train", "models", "evaluate"}
+    known = {"datasets", "prepare", "evaluators", "train", "models", "recipes", "evaluate"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in {path} (known: {', '.join(sorted(known))})")
@@ -132,4 +228,5 @@ def load_params(path: str | Path) -> Params:
         train={k: TrainConfig.from_dict(v, f"train.{k}") for k, v in (raw.get("train") or {}).items()},
         models={k: dict(v or {}) for k, v in models.items()},
         evaluate=EvalConfig.from_dict(raw.get("evaluate") or {}, "evaluate"),
+        recipes=_check_recipes(raw.get("recipes") or {}, path, FAMILIES),
     )

@@ -25,12 +25,53 @@ class NonFiniteLoss(RuntimeError):
 EpochHook = Callable[[int, dict[str, float], dict[str, Any]], None]
 
 
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Multiplier of the initial learning rate before optimiser step `step` (0-based) of `total`:
+    linear warm-up over cfg.warmup_steps, then constant, cosine down to cfg.min_lr_ratio, or a
+    decay by cfg.step_gamma every cfg.step_every epochs."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** (step // (cfg.step_every * steps_per_epoch))
+    return 1.0
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point parameters (Polyak averaging, as
+    DDPM and many GANs sample from); buffers (BatchNorm statistics, masks, counters) are copied
+    from the live model, so the averaged model's normalisation matches the weights it holds."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.params = {k for k, _ in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.params and v.is_floating_point():
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
 def training_state(model: GenerativeModel, optimizers: dict, epoch: int, history: list,
-                   resumed_from: list[int] | None = None) -> dict[str, Any]:
-    """Everything needed to resume: weights, config, optimiser states, epoch, metric history,
-    and the epochs this training was resumed from (after worker failures)."""
-    return {**model.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "epoch": epoch, "history": history, "resumed_from": list(resumed_from or [])}
+                   resumed_from: list[int] | None = None, *, serve: dict | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to resume, and the weights to serve.
+
+    `state_dict` holds the weights a sampler or the registry should use (the best on validation, or
+    the moving average, else the live ones); `live_state_dict` the ones training continues from.
+    Also: config, optimiser states, epoch, metric history, the epochs this training was resumed
+    from (after worker failures), and `extra` (schedule, EMA and early-stopping state)."""
+    state = model.state()
+    live = state["state_dict"]
+    return {**state, "state_dict": serve if serve is not None else live, "live_state_dict": live,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "epoch": epoch, "history": history, "resumed_from": list(resumed_from or []), **(extra or {})}
 
 
 def _mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -40,6 +81,10 @@ def _mean_over_workers(values: dict[str, float], device: torch.device) -> dict[s
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def _as_float(v: Any) -> float:
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
 def fit(
@@ -54,51 +99,110 @@ def fit(
     on_epoch_end: EpochHook | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
-    """Train for cfg.epochs (continuing from `resume`); returns the per-epoch metric history.
+    """Train for cfg.epochs (continuing from `resume`), or until validation stops improving for
+    cfg.patience epochs; returns the per-epoch metric history. When it returns, the model holds the
+    weights to serve: the best on validation (likelihood families, cfg.restore_best), else the moving
+    average (cfg.ema > 0), else the last ones.
 
     Every worker sees the same shuffled order (seeded by epoch) and takes its
     own stride of each global batch, so N workers with batch B/N each make the
     same steps as one worker with batch B.
     """
     device = model.device
-    optimizers = model.configure_optimizers()
-    history: list[dict[str, float]] = []
-    start, resumed_from = 0, []
-    if resume is not None:
-        model.load_state_dict(resume["state_dict"])
-        for k, o in optimizers.items():
-            o.load_state_dict(resume["optimizers"][k])
-        start, history = resume["epoch"], list(resume["history"])
-        resumed_from = list(resume.get("resumed_from", [])) + [start]
-        log(f"resuming from the checkpoint of epoch {start}")
     n = len(train)
     per_worker = cfg.batch_size // world_size
     steps = max(1, n // cfg.batch_size) if cfg.steps_per_epoch == 0 else cfg.steps_per_epoch
+    total = steps * cfg.epochs
+    model.grad_clip = cfg.clip_grad
+    if resume is None and cfg.init_from_data:
+        model.init_from_data(train)  # the same data on every worker: the same biases
+    optimizers = model.configure_optimizers()
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(cfg, s, total, steps))
+                  for k, o in optimizers.items()}
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    has_val = val is not None and len(val) > 0 and model.likelihood_kind != "none"
+    keep_best = has_val and cfg.restore_best
+    history: list[dict[str, float]] = []
+    start, resumed_from = 0, []
+    best: dict[str, Any] = {"nll": math.inf, "epoch": 0, "weights": None}
+    if resume is not None:
+        model.load_state_dict(resume.get("live_state_dict", resume["state_dict"]))
+        for k, o in optimizers.items():
+            o.load_state_dict(resume["optimizers"][k])
+        for k, sch in schedulers.items():
+            if k in resume.get("schedulers", {}):
+                sch.load_state_dict(resume["schedulers"][k])
+        if average is not None and resume.get("ema") is not None:
+            average.shadow = resume["ema"]
+        best = resume.get("best", best)
+        start, history = resume["epoch"], list(resume["history"])
+        resumed_from = list(resume.get("resumed_from", [])) + [start]
+        log(f"resuming from the checkpoint of epoch {start}")
+        if resume.get("stopped_early"):
+            model.load_state_dict(resume["state_dict"])
+            return history
+
+    def serving_weights() -> dict[str, torch.Tensor]:
+        return average.shadow if average is not None else model.state_dict()
+
+    stopped = False
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         torch.manual_seed(cfg.seed * 100_003 + epoch * 7919 + rank)  # the model's own noise
         model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         for step in range(steps):
             start_idx = (step * cfg.batch_size) % max(1, n - cfg.batch_size + 1)
             idx = order[start_idx:start_idx + cfg.batch_size][rank::world_size][:per_worker]
             metrics = model.training_step(train[idx].to(device), optimizers)
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            if bad:
-                raise NonFiniteLoss(f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch + 1}, step {step + 1}")
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-        epoch_metrics = _mean_over_workers({k: v / steps for k, v in sums.items()}, device)
-        if val is not None and len(val) and model.likelihood_kind != "none":
+            for sch in schedulers.values():
+                sch.step()
+            if average is not None:
+                average.update(model)
+            for k, v in metrics.items():  # floats or 0-d tensors, kept where they are until the epoch ends
+                sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+        epoch_metrics = {k: _as_float(v) / steps for k, v in sums.items()}
+        bad = [k for k, v in epoch_metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLoss(f"{bad[0]} became {epoch_metrics[bad[0]]} in epoch {epoch + 1}")
+        epoch_metrics = _mean_over_workers(epoch_metrics, device)
+        epoch_metrics["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
+        epoch_metrics["steps"] = float(steps * (epoch + 1))
+        if has_val:
+            live = None
+            if average is not None:  # validate the weights that would be served
+                live = {k: v.clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(average.shadow)
             epoch_metrics["val_nll"] = -validation_log_likelihood(model, val)
+            if live is not None:
+                model.load_state_dict(live)
+            if epoch_metrics["val_nll"] < best["nll"]:
+                best = {"nll": epoch_metrics["val_nll"], "epoch": epoch + 1,
+                        "weights": {k: v.detach().clone() for k, v in serving_weights().items()} if keep_best else None}
+            elif cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
+                stopped = True
         epoch_metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, **epoch_metrics})
         if rank == 0:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items())
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k not in ("steps",))
             log(f"{model.name} epoch {epoch + 1}/{cfg.epochs}: {shown}")
+            if stopped:
+                log(f"{model.name}: no better validation NLL for {cfg.patience} epochs, stopping early; "
+                    f"keeping epoch {best['epoch']} (val_nll={best['nll']:.4g})")
+        serve = best["weights"] if keep_best and best["weights"] is not None else serving_weights()
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, epoch_metrics, training_state(model, optimizers, epoch + 1, history, resumed_from))
+            extra = {"schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                     "ema": average.shadow if average is not None else None, "best": best,
+                     "stopped_early": stopped, "finished": stopped or epoch + 1 == cfg.epochs}
+            on_epoch_end(epoch + 1, epoch_metrics,
+                         training_state(model, optimizers, epoch + 1, history, resumed_from, serve=serve, extra=extra))
+        if stopped:
+            break
+    if keep_best and best["weights"] is not None:
+        model.load_state_dict(best["weights"])
+    elif average is not None:
+        model.load_state_dict(average.shadow)
     return history
 
 

@@ -155,6 +155,7 @@ class GenerativeModel(nn.Module):
     likelihood_method: ClassVar[str | None] = None  # e.g. 'ELBO', 'IWAE-k', 'AIS'
     Config: ClassVar[type[FamilyConfig]]
     supported_kinds: ClassVar[tuple[str, ...]] = DATA_KINDS
+    grad_clip: float = 0.0  # max global gradient norm per optimiser step (set by the training loop; 0: none)
 
     def __init__(self, config: FamilyConfig):
         super().__init__()
@@ -174,6 +175,12 @@ class GenerativeModel(nn.Module):
             )
 
     # -- training -------------------------------------------------------
+    def init_from_data(self, train: torch.Tensor) -> None:
+        """Start from the data before the first step (the training loop calls it once, on every worker
+        with the same data). Families with Bernoulli or logistic outputs set those biases to the logit
+        of the training mean (`logit_of_mean`), so the first steps learn structure, not the marginals;
+        the default does nothing."""
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
 
@@ -181,7 +188,10 @@ class GenerativeModel(nn.Module):
         """zero_grad, backward, average over workers, step."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        average_gradients(params)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         optimizer.step()
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
@@ -209,6 +219,12 @@ class GenerativeModel(nn.Module):
 
     def save(self, path: str | Path) -> None:
         torch.save(self.state(), path)
+
+
+def logit_of_mean(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Per-dimension logit of the mean of x (n, ...) -> (...,), the mean clamped to [eps, 1 - eps]
+    (pixels that are always 0 in the training split get a large negative bias, not -inf)."""
+    return torch.logit(x.float().mean(0).clamp(eps, 1 - eps))
 
 
 def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import FamilyConfig, GenerativeModel
+from models.base import FamilyConfig, GenerativeModel, logit_of_mean
 from models.nets import ConvDiscriminator, ConvGenerator, conv_fits, mlp
 
 
@@ -48,6 +48,16 @@ class GAN(GenerativeModel):
             out_act = None if c.data_kind == "points" else nn.Sigmoid()
             self.generator = mlp([c.latent_dim, c.hidden, c.hidden, c.dim], out_act=out_act)
             self.discriminator = mlp([c.dim, c.hidden, c.hidden, 1], act=lambda: nn.LeakyReLU(0.2))
+
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        """Sigmoid outputs start at the data mean: per pixel for the MLP, per channel for the conv stack."""
+        if self.config.data_kind == "points":
+            return
+        if isinstance(self.generator, ConvGenerator):
+            self.generator.net[-2].bias.copy_(logit_of_mean(train.transpose(0, 1).flatten(1).T))  # (C,)
+        else:
+            self.generator[-2].bias.copy_(logit_of_mean(train.flatten(1)))
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z).view(-1, *self.config.data_shape)  # (n, *data_shape)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ConfigError, FamilyConfig, GenerativeModel
+from models.base import ConfigError, FamilyConfig, GenerativeModel, logit_of_mean
 from models.kernels import mmd
 from models.nets import mlp
 
@@ -121,6 +121,13 @@ class GMMN(GenerativeModel):
         return out.view(-1, *self.config.data_shape)
 
     # -- training -----------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        if self.config.data_kind == "points":
+            return
+        out = self.decoder if self.config.autoencoder else self.generator
+        out[-2].bias.copy_(logit_of_mean(train.flatten(1)))  # the layer before the sigmoid
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"generator": torch.optim.Adam(self.generator.parameters(), lr=self.config.lr)}
         if self.config.autoencoder:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from models import markov
-from models.base import ConfigError, FamilyConfig, GenerativeModel
+from models.base import ConfigError, FamilyConfig, GenerativeModel, logit_of_mean
 from models.nets import mlp
 
 
@@ -138,6 +138,11 @@ class GSN(GenerativeModel):
             with torch.no_grad():
                 state = self.draw(params, generator)  # walk away from x, detached
         return total / self.config.walkback
+
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        if self.config.data_kind != "points":  # points: a residual denoiser, whose zero start is right
+            self.denoiser[-1].bias.copy_(logit_of_mean(train.flatten(1)))
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         flat = batch.flatten(1)  # (n, D)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.base import ConfigError, FamilyConfig, GenerativeModel
+from models.base import ConfigError, FamilyConfig, GenerativeModel, logit_of_mean
 from models.masked import AutoregressiveSampler, MaskedLinear
 
 
@@ -116,6 +116,10 @@ class MADE(GenerativeModel):
     def log_prob_mask(self, x: torch.Tensor, mask: int) -> torch.Tensor:
         """log p_m(x) per example (n,) for flattened x (n, D)."""
         return -F.binary_cross_entropy_with_logits(self.logits(x, mask), x, reduction="none").sum(-1)
+
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        self.layers[-1].bias.copy_(logit_of_mean(train.flatten(1)))  # p(x_d | nothing seen) = mean of x_d
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         mask = int(self.mask_step) % self.config.num_masks  # cycle through the fixed connectivities

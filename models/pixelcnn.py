@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ConfigError, FamilyConfig, GenerativeModel
+from models.base import ConfigError, FamilyConfig, GenerativeModel, logit_of_mean
 from models.masked import AutoregressiveSampler, MaskedConv2d, horizontal_mask, vertical_mask
 
 
@@ -126,6 +126,18 @@ class PixelCNN(GenerativeModel):
             return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
         k = torch.round(x * (self.config.levels - 1)).long()  # (n, 1, H, W)
         return F.log_softmax(logits, dim=1).gather(1, k).sum((1, 2, 3))
+
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        """Output biases (shared over positions): the logit of the mean pixel (binary) or the log of the
+        training frequency of each level."""
+        out = self.head[-1].bias
+        if self.config.data_kind == "binary":
+            out.copy_(logit_of_mean(train.flatten()))
+        else:
+            k = torch.round(train.flatten() * (self.config.levels - 1)).long()
+            counts = torch.bincount(k, minlength=self.config.levels).double() + 1.0  # Laplace-smoothed
+            out.copy_((counts / counts.sum()).log().float())
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         loss = -self.log_prob(batch).mean()

@@ -38,7 +38,7 @@ import dataclasses
 
 import torch
 
-from models.base import ConfigError, FamilyConfig, GenerativeModel, average_gradients
+from models.base import ConfigError, FamilyConfig, GenerativeModel, average_gradients, logit_of_mean
 from models import markov
 
 
@@ -130,6 +130,10 @@ class RBM(GenerativeModel):
         groups = [{"params": [self.W], "weight_decay": c.weight_decay},
                   {"params": [self.b, self.c], "weight_decay": 0.0}]
         return {"main": torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)}
+
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        self.b.copy_(logit_of_mean(train.flatten(1)))  # Hinton's guide, section 8: log(p_i / (1 - p_i))
 
     @torch.no_grad()
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:

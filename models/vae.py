@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ConfigError, FamilyConfig, GenerativeModel, dequantize
+from models.base import ConfigError, FamilyConfig, GenerativeModel, dequantize, logit_of_mean
 from models.nets import mlp
 
 
@@ -136,6 +136,14 @@ class VAE(GenerativeModel):
         if c.data_kind == "image":
             bound = bound - c.dim * math.log(c.levels)
         return bound
+
+    @torch.no_grad()
+    def init_from_data(self, train: torch.Tensor) -> None:
+        """Decoder output bias: the logit of the training mean (Bernoulli logits, or the sigmoid mean of
+        grey levels), or the mean itself for points, so a decoder that ignores z starts at the marginals."""
+        flat = train.flatten(1)
+        out = self.decoder[-1].bias
+        out.copy_(flat.float().mean(0) if self.config.data_kind == "points" else logit_of_mean(flat))
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         loss = -self.elbo(batch).mean()

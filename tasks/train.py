@@ -51,7 +51,7 @@ def _worker(cfg: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(cfg["threads"])))
+    torch.set_num_threads(max(1, round(cfg["threads"])))  # as many threads as the CPUs this worker holds
     device = ray.train.torch.get_device()
     arrays = ray.get(cfg["data"])
     train = to_model_space(arrays["train"], cfg["manifest"])
@@ -194,7 +194,7 @@ def train_on_ray(
     seconds = time.perf_counter() - t0
     if failure is not None:
         return TrainOutcome(family, dataset, "FAILED", f"non-finite loss: {failure}", None, history, seconds, run_name)
-    if state is None or state["epoch"] < train_config["epochs"]:
+    if state is None or not (state.get("finished") or state["epoch"] >= train_config["epochs"]):
         return TrainOutcome(family, dataset, "FAILED", "training ended without a final checkpoint", state, history, seconds, run_name)
     return TrainOutcome(family, dataset, "FINISHED", "", state, history, seconds, run_name)
 
@@ -231,6 +231,7 @@ def train(
     run_tag: str,
     fail_once_at_epoch: int | None = None,
     reuse: bool = True,
+    recipe: str = "",
 ) -> dict[str, Any]:
     """One training on Ray, tracked as an MLflow child run. Never raises for a failed training:
     the run is marked FAILED with its reason and the flow carries on with the others.
@@ -249,7 +250,7 @@ def train(
         root_path, f"{family}-{dataset}",
         tags={"genzoo.family": family, "genzoo.dataset": dataset, "genzoo.data_hash": prepared.manifest["hash"],
               "genzoo.data_source": prepared.manifest["source"], "genzoo.branch": models.get_family(family).branch,
-              "genzoo.train_key": key},
+              "genzoo.train_key": key, "genzoo.recipe": recipe},
         parent_id=parent_run_id,
     )
     tracking.log_params(run_id, {**tracking.flatten("model", model_config), **tracking.flatten("train", train_config),

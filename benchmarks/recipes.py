@@ -1,0 +1,147 @@
+"""Measure one recipe: train a family on a dataset with the settings params.yaml resolves (plus
+--set overrides) in a bare torch loop (genzoo.training.fit, no services), then score it the way
+the pipeline does. The recipe sweeps recorded in BENCHMARKS.md are made of these lines.
+
+    python benchmarks/recipes.py gan ring8 --preset quick
+    python benchmarks/recipes.py gan ring8 --preset quick --set gan.lr=0.001 --set train.batch_size=512
+    python benchmarks/recipes.py made binarized-mnist --preset quick --threads 2
+
+Scores: 2-D mixtures: modes captured, high-quality share, KL (2,500 samples); likelihood families:
+test NLL (nats) on `--test` seeded test images (0: the whole split); image datasets: the share of
+samples the dataset's evaluator puts in its most and least frequent class (classes hit, max share),
+and FID on the evaluator's features. Each result is printed and appended as one JSON line to
+benchmarks/results/recipes.jsonl with the date, the settings and the wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _overrides(items: list[str]) -> tuple[dict, dict]:
+    import yaml
+
+    train, model = {}, {}
+    for item in items:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        (train if section == "train" else model)[name] = yaml.safe_load(value)
+    return train, model
+
+
+def prepared_folder(dataset: str) -> Path:
+    """data/prepared/<dataset>, prepared here when the pipeline has not done it yet."""
+    import data
+    from genzoo.config import load_params
+    from genzoo.env import configure
+
+    folder = ROOT / "data" / "prepared" / dataset
+    if not (folder / "manifest.json").exists():
+        configure()
+        params = load_params(ROOT / "params.yaml")
+        data.prepare(dataset, folder, params.prepare.get(dataset), ROOT / "data" / "raw")
+    return folder
+
+
+def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234) -> dict:
+    import numpy as np
+    import torch
+
+    from data import sources
+    from genzoo.metrics import mode_statistics
+    from genzoo.training import log_likelihoods
+
+    out: dict = {}
+    t0 = time.perf_counter()
+    if model.likelihood_kind != "none":
+        test = prepared.subset("test", test_n or None, seed)
+        torch.manual_seed(seed)
+        out["test_nll"] = float(-log_likelihoods(model, test).mean())
+    out["likelihood_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.cat([model.sample(min(1000, n_samples - i), gen) for i in range(0, n_samples, 1000)]).numpy()
+    out["sample_seconds"] = time.perf_counter() - t0
+    if prepared.name in ("ring8", "grid25"):
+        std = {"ring8": 0.01, "grid25": 0.05}[prepared.name]
+        out.update(mode_statistics(x, sources.mode_centers(prepared.name), std))
+    evaluator = ROOT / "data" / "evaluators" / prepared.name / "evaluator.pt"
+    if x.ndim == 4 and evaluator.exists():
+        from genzoo import evaluator_stage, quality
+        from genzoo.evaluator import extract_features, predict_logits
+
+        net, _ = evaluator_stage.load(evaluator.parent)
+        images = evaluator_stage.as_images(x)
+        if x.shape[1] == 1:
+            labels = predict_logits(net, images).argmax(-1).numpy()
+            share = np.bincount(labels, minlength=10) / len(labels)
+            out.update(classes_hit=int((share > 0).sum()), max_class_share=float(share.max()),
+                       min_class_share=float(share.min()))
+        real = prepared.subset("test", 2000, seed)
+        if prepared.kind == "binary":
+            real = (real > 0.5).float()
+        out["fid"] = quality.frechet_distance(extract_features(net, real), extract_features(net, images))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("family")
+    p.add_argument("dataset")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--samples", type=int, default=0, help="samples to score (default: 2,500 points, 10,000 images)")
+    p.add_argument("--test", type=int, default=2000, help="test rows for the NLL (0: whole split)")
+    p.add_argument("--label", default="", help="a name for this line of the sweep")
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    import data
+    import models
+    from genzoo.config import load_params, recipe_kind
+    from genzoo.training import fit
+
+    torch.set_num_threads(args.threads)
+    params = load_params(ROOT / "params.yaml")
+    prepared = data.load(prepared_folder(args.dataset))
+    train_over, model_over = _overrides(args.set)
+    kind = recipe_kind(list(prepared.shape), prepared.kind)
+    recipe = params.resolve(args.family, kind, args.preset, train_over, model_over.get(args.family))
+    mcfg = {**recipe.model, "data_shape": list(prepared.shape), "data_kind": prepared.kind}
+    if prepared.manifest.get("levels", 0) >= 2:
+        mcfg["levels"] = prepared.manifest["levels"]
+    tcfg = recipe.train
+    torch.manual_seed(tcfg.seed)
+    model = models.build(args.family, mcfg)
+    train = prepared.tensor("train")
+    val = prepared.tensor("val", tcfg.val_examples) if tcfg.val_examples else None
+    t0 = time.perf_counter()
+    history = fit(model, train, tcfg, val=val, log=lambda m: print(m, flush=True))
+    train_seconds = time.perf_counter() - t0
+    n = args.samples or (2500 if len(prepared.shape) == 1 else 10000)
+    result = {"date": dt.date.today().isoformat(), "family": args.family, "dataset": args.dataset,
+              "recipe": recipe.name, "label": args.label, "set": args.set, "threads": args.threads,
+              "epochs_run": len(history), "steps": int(history[-1].get("steps", 0)) if history else 0,
+              "train_seconds": round(train_seconds, 1), **score(model, prepared, n, args.test)}
+    print(json.dumps(result), flush=True)
+    if not args.no_record:
+        out = ROOT / "benchmarks" / "results" / "recipes.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

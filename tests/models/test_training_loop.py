@@ -1,0 +1,214 @@
+"""The training loop's recipe features, each on a case with a known answer: lr schedules,
+early stopping with the best weights restored, the weight average, gradient clipping, output
+biases from the data, resuming, and recipes resolved from params.yaml."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import models
+from genzoo.config import ConfigError, Params, TrainConfig, load_params, recipe_kind
+from genzoo.training import WeightAverage, fit, lr_factor, validation_log_likelihood
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _binary(n: int = 256, d: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.linspace(0.05, 0.95, d)
+    return torch.bernoulli(p.expand(n, d), generator=g)
+
+
+def _made(d: int = 12, **over) -> models.GenerativeModel:
+    torch.manual_seed(0)
+    return models.build("made", {"data_shape": [d], "data_kind": "binary", "hidden": [16], **over})
+
+
+def test_lr_factor_warmup_cosine_and_step():
+    cos = TrainConfig(epochs=2, steps_per_epoch=5, schedule="cosine", warmup_steps=2, min_lr_ratio=0.1)
+    values = [lr_factor(cos, s, 10, 5) for s in range(10)]
+    assert values[:2] == [0.5, 1.0]  # linear warm-up
+    assert values[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[2:], values[3:]))  # then decreasing
+    assert lr_factor(cos, 10, 10, 5) == pytest.approx(0.1)  # ends at the floor
+    step = TrainConfig(epochs=4, steps_per_epoch=5, schedule="step", step_every=2, step_gamma=0.5)
+    assert [lr_factor(step, s, 20, 5) for s in (0, 9, 10, 19)] == [1.0, 1.0, 0.5, 0.5]
+    assert lr_factor(TrainConfig(), 123, 1000, 10) == 1.0
+
+
+def test_fit_applies_the_schedule_to_the_optimiser():
+    model = _made()
+    cfg = TrainConfig(epochs=2, batch_size=32, steps_per_epoch=4, schedule="cosine", min_lr_ratio=0.25, val_examples=0)
+    history = fit(model, _binary(), cfg, log=lambda m: None)
+    assert history[0]["lr"] == pytest.approx(model.config.lr * lr_factor(cfg, 4, 8, 4))
+    assert history[-1]["lr"] == pytest.approx(model.config.lr * 0.25)
+    assert history[-1]["steps"] == 8
+
+
+def test_early_stopping_restores_the_best_weights():
+    """A learning rate far too high makes validation worse after the first epoch: training stops after
+    `patience` worse epochs and the model ends with the weights of the best epoch."""
+    train, val = _binary(512), _binary(128, seed=1)
+    model = _made(lr=0.5)
+    seen: list[tuple[int, dict]] = []
+    cfg = TrainConfig(epochs=30, batch_size=64, steps_per_epoch=8, patience=2, val_examples=128)
+    history = fit(model, train, cfg, val=val, log=lambda m: None,
+                  on_epoch_end=lambda e, m, s: seen.append((e, s)))
+    nll = [h["val_nll"] for h in history]
+    best_epoch = nll.index(min(nll)) + 1
+    assert len(history) < 30 and len(history) == best_epoch + 2  # stopped `patience` epochs after the best
+    assert -validation_log_likelihood(model, val) == pytest.approx(min(nll), abs=1e-4)
+    last = seen[-1][1]
+    assert last["finished"] and last["stopped_early"] and last["best"]["epoch"] == best_epoch
+    served = models.from_state(last)  # what the registry gets: the best weights, not the last ones
+    assert -validation_log_likelihood(served, val) == pytest.approx(min(nll), abs=1e-4)
+
+
+def test_resume_from_an_early_stopped_checkpoint_trains_no_more():
+    train, val = _binary(512), _binary(128, seed=1)
+    states = []
+    cfg = TrainConfig(epochs=30, batch_size=64, steps_per_epoch=8, patience=1, val_examples=128)
+    history = fit(_made(lr=0.5), train, cfg, val=val, log=lambda m: None, on_epoch_end=lambda e, m, s: states.append(s))
+    again = _made(lr=0.5)
+    resumed = fit(again, train, cfg, val=val, resume=states[-1], log=lambda m: None)
+    assert len(resumed) == len(history)
+    assert -validation_log_likelihood(again, val) == pytest.approx(min(h["val_nll"] for h in history), abs=1e-4)
+
+
+def test_resume_continues_the_schedule_and_matches_an_uninterrupted_run():
+    train = _binary(256)
+    cfg = TrainConfig(epochs=3, batch_size=32, steps_per_epoch=4, schedule="cosine", ema=0.9, val_examples=0)
+    whole = _made()
+    fit(whole, train, cfg, log=lambda m: None)
+    states = []
+    first = _made()
+    fit(first, train, TrainConfig(**{**cfg.to_dict(), "epochs": 3}), log=lambda m: None,
+        on_epoch_end=lambda e, m, s: states.append(copy.deepcopy(s)))  # as saved: a snapshot
+    resumed = _made()
+    fit(resumed, train, cfg, resume=states[0], log=lambda m: None)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_weight_average_is_the_exponential_moving_average():
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    avg = WeightAverage(net, decay=0.5)
+    for value in (1.0, 1.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        avg.update(net)
+    assert avg.shadow["weight"].item() == pytest.approx(0.75)  # 0 -> 0.5 -> 0.75
+
+
+def test_fit_with_ema_leaves_the_averaged_weights_in_the_model():
+    model = models.build("gan", {"data_shape": [2], "data_kind": "points", "hidden": 8, "latent_dim": 2})
+    states = []
+    cfg = TrainConfig(epochs=1, batch_size=32, steps_per_epoch=5, ema=0.8, val_examples=0)
+    fit(model, torch.randn(128, 2), cfg, log=lambda m: None,
+        on_epoch_end=lambda e, m, s: states.append(copy.deepcopy(s)))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, states[-1]["ema"][k])
+        assert torch.equal(v, states[-1]["state_dict"][k])
+    assert any(not torch.equal(states[-1]["live_state_dict"][k], v) for k, v in model.state_dict().items())
+
+
+def test_gradient_clipping_bounds_the_step():
+    """With SGD-like Adam replaced by plain SGD, a clipped step moves the weights by at most lr * clip."""
+    model = _made(lr=1.0)
+    model.configure_optimizers = lambda: {"main": torch.optim.SGD(model.parameters(), lr=1.0)}
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    fit(model, _binary(64) * 0 + 1, TrainConfig(epochs=1, batch_size=64, steps_per_epoch=1, clip_grad=0.01,
+                                               val_examples=0, init_from_data=False), log=lambda m: None)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm().item() == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.parametrize("family", ["made", "rbm", "vae", "pixelcnn", "gsn", "gmmn"])
+def test_output_biases_start_at_the_training_mean(family):
+    """With every weight zeroed after init_from_data, the model's Bernoulli output is the data mean."""
+    shape = [1, 4, 4] if family == "pixelcnn" else [16]
+    x = _binary(400, 16).view(400, *shape)
+    model = models.build(family, {"data_shape": shape, "data_kind": "binary"})
+    model.init_from_data(x)
+    mean = x.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        if family == "made":
+            probs = torch.sigmoid(model.layers[-1].bias)
+        elif family == "rbm":
+            probs = torch.sigmoid(model.b)
+        elif family == "vae":
+            probs = torch.sigmoid(model.decoder[-1].bias)
+        elif family == "gsn":
+            probs = torch.sigmoid(model.denoiser[-1].bias)
+        elif family == "gmmn":
+            probs = torch.sigmoid(model.generator[-2].bias)
+        else:  # pixelcnn: one bias shared by every position, the mean over all pixels
+            probs = torch.sigmoid(model.head[-1].bias).expand(16)
+            mean = x.mean().expand(16)
+    assert torch.allclose(probs, mean, atol=1e-5)
+
+
+def test_made_from_the_data_mean_beats_a_zero_start():
+    """The point of the bias start: after a few steps the MADE is closer to the data (known direction)."""
+    train, val = _binary(512), _binary(256, seed=1)
+    cfg = dict(epochs=1, batch_size=64, steps_per_epoch=5, val_examples=0)
+    a, b = _made(), _made()
+    fit(a, train, TrainConfig(**cfg, init_from_data=True), log=lambda m: None)
+    fit(b, train, TrainConfig(**cfg, init_from_data=False), log=lambda m: None)
+    assert validation_log_likelihood(a, val) > validation_log_likelihood(b, val) + 0.5
+
+
+def test_recipe_kinds():
+    assert recipe_kind([2], "points") == "points"
+    assert recipe_kind([1, 28, 28], "binary") == "binary"
+    assert recipe_kind([1, 8, 8], "image") == "small_image"
+    assert recipe_kind([1, 28, 28], "image") == "grey_image"
+    assert recipe_kind([3, 28, 28], "image") == "color_image"
+
+
+def test_recipes_resolve_in_order_and_every_recipe_builds():
+    params = load_params(ROOT / "params.yaml")
+    for family, kinds in params.recipes.items():
+        for kind in kinds:
+            for preset in params.train:
+                recipe = params.resolve(family, kind, preset)
+                models.get_family(family).Config.from_dict({"data_shape": [1], "data_kind": "points", **recipe.model})
+    p = Params(datasets=[], prepare={}, evaluators={}, train={"quick": TrainConfig(epochs=3)},
+               models={"gan": {"lr": 1.0, "hidden": 8}}, evaluate=params.evaluate,
+               recipes={"gan": {"points": {"model": {"lr": 2.0}, "train": {"epochs": 5},
+                                           "quick": {"model": {"hidden": 9}, "train": {"batch_size": 7}}}}})
+    r = p.resolve("gan", "points", "quick", {"batch_size": 8}, {"hidden": 10})
+    assert r.model == {"lr": 2.0, "hidden": 10} and r.train.epochs == 5 and r.train.batch_size == 8
+    assert r.name == "gan/points/quick"
+    r = p.resolve("gan", "points", "quick")
+    assert r.model == {"lr": 2.0, "hidden": 9} and r.train.batch_size == 7
+    assert p.resolve("gan", "binary", "quick").name == "gan/default/quick"
+
+
+def test_bad_recipes_are_refused_with_the_key(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for bad, word in (({"gan": {"points": {"model": {"nope": 1}}}}, "nope"),
+                      ({"gan": {"pictures": {}}}, "pictures"),
+                      ({"gan": {"points": {"quick": {"train": {"epochz": 1}}}}}, "epochz"),
+                      ({"gan": {"points": {"model": {}, "later": {}}}}, "later"),
+                      ({"nofamily": {}}, "nofamily")):
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({**raw, "recipes": bad}))
+        with pytest.raises(ConfigError, match=word):
+            load_params(path)
+
+
+def test_train_config_rejects_bad_recipe_values():
+    for bad in ({"schedule": "linear"}, {"ema": 1.0}, {"patience": -1}, {"clip_grad": -1.0},
+                {"min_lr_ratio": 2.0}, {"step_every": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+    assert math.isclose(TrainConfig(ema=0.999).ema, 0.999)

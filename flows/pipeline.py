@@ -59,6 +59,13 @@ def plan(families: list[str], datasets: list[str], preset: str, root: Path,
     return params, train_cfg, model_cfgs
 
 
+def sample_count(manifest: dict, ecfg) -> int:
+    """Samples drawn for evaluation: the 2-D protocol's or the image protocol's count, and on Stacked
+    MNIST enough to count its 1,000 modes."""
+    n = ecfg.n_samples if len(manifest["shape"]) == 1 else ecfg.n_image_samples
+    return max(n, ecfg.n_mode_samples) if manifest.get("modes") else n
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     families: list[str] = DEFAULT_FAMILIES,
@@ -97,7 +104,7 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
     from genzoo.config import recipe_kind
     from data.prepared import read_manifest
     from tasks import tracking
-    from tasks.evaluate import evaluate, sample
+    from tasks.evaluate import evaluate, evaluate_baseline, sample
     from tasks.prepare import evaluator_dir
     from tasks.promote import promote
     from tasks.register import register, register_evaluator
@@ -144,6 +151,18 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
         if folder is not None and register_models:
             register_evaluator(str(root), name, str(folder))
 
+    for name, folder in prepared.items():  # while the trainings run: each dataset's trivial baseline
+        manifest = manifests[name]
+        run_id = tracking.start_run(root, f"baseline-{name}", parent_id=parent, tags={
+            "genzoo.family": "baseline", "genzoo.dataset": name, "genzoo.data_hash": manifest["hash"],
+            "genzoo.branch": "trivial baseline (independent marginals)"})
+        try:
+            evaluate_baseline(name, folder, sample_count(manifest, params.evaluate), params.evaluate.to_dict(), run_id,
+                              None if evaluators[name] is None else str(evaluators[name]))
+            tracking.end_run(run_id)
+        except Exception as exc:  # a baseline is a reference, never a reason to stop the flow
+            tracking.end_run(run_id, "FAILED", f"baseline failed: {exc}")
+
     rows = []
     for family, name, fut in futures:
         try:
@@ -155,11 +174,7 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             try:
                 ecfg = params.evaluate
                 manifest = manifests[res["dataset"]]
-                is_points = len(manifest["shape"]) == 1
-                n = ecfg.n_samples if is_points else ecfg.n_image_samples
-                if manifest.get("modes"):  # Stacked MNIST: enough samples to count 1,000 modes
-                    n = max(n, ecfg.n_mode_samples)
-                s = sample(res["model_path"], res["dataset"], n, ecfg.seed, ecfg.sample_budget_seconds,
+                s = sample(res["model_path"], res["dataset"], sample_count(manifest, ecfg), ecfg.seed, ecfg.sample_budget_seconds,
                            res["out_dir"], res["run_id"])
                 row.update(s)
                 ev = evaluators[res["dataset"]]

@@ -71,7 +71,7 @@ def sample(model_path: str, dataset: str, n: int, seed: int, budget_seconds: flo
 def family_likelihood(model: models.GenerativeModel, prepared: data.Prepared, ecfg: EvalConfig) -> dict:
     test = prepared.subset("test", ecfg.likelihood_examples, ecfg.seed)
     torch.manual_seed(ecfg.seed)
-    ll = log_likelihoods(model, test).numpy()
+    ll = (log_likelihoods(model, test) if isinstance(model, torch.nn.Module) else model.log_likelihood(test)).numpy()
     if not np.isfinite(ll).all():
         raise ValueError(f"{model.name}-{prepared.name}: the test log-likelihood is not finite")
     return {**likelihood_summary(ll, int(np.prod(prepared.shape)), prepared.kind),
@@ -103,7 +103,8 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
     if prepared.kind == "binary":
         real = (real > 0.5).float()
     f_real = extract_features(net, real)
-    f_fake = extract_features(net, evaluator_stage.as_images(samples))
+    images = evaluator_stage.as_images(samples)
+    f_fake = extract_features(net, images)
     k = min(5, len(f_fake) - 1, len(f_real) - 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", quality.SmallSampleWarning)
@@ -119,6 +120,11 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
             fakes = inception.inception_features(evaluator_stage.as_images(samples), net)
             out["inception_fid"] = quality.frechet_distance(inception.inception_features(real, net), fakes)
             out["inception_fid_samples"] = len(fakes)
+    if not hasattr(net, "predict_digits"):  # one label per image: how the samples spread over the classes
+        from genzoo.baselines import class_shares
+        from genzoo.evaluator import predict_logits
+
+        out.update(class_shares(predict_logits(net, images).argmax(-1).numpy(), net.config.num_classes))
     out["evaluator_test_accuracy"] = meta["test_accuracy"]
     out["metric_samples"], out["metric_real"] = len(f_fake), len(f_real)
     if any(issubclass(w.category, quality.SmallSampleWarning) for w in caught):
@@ -151,13 +157,9 @@ def stacked_modes(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
     return out
 
 
-@task(name="evaluate")
-def evaluate(model_path: str, dataset: str, prepared_dir: str, samples_path: str, cfg: dict, run_id: str,
-             evaluator_dir: str | None = None) -> dict:
-    ecfg = EvalConfig(**cfg)
-    prepared = data.load(prepared_dir)
-    model = models.load(model_path)
-    samples = np.load(samples_path)
+def measure(model, dataset: str, prepared: data.Prepared, samples: np.ndarray, ecfg: EvalConfig,
+            evaluator_dir: str | None) -> dict:
+    """Every measure that applies to a model (a family, or the dataset's baseline) and its samples."""
     out: dict[str, float | str] = {"likelihood_kind": model.likelihood_kind}
     if dataset in MIXTURES and prepared.kind == "points":
         std = prepared.manifest["params"].get("std", MIXTURES[dataset])
@@ -172,11 +174,40 @@ def evaluate(model_path: str, dataset: str, prepared_dir: str, samples_path: str
     out.update(parzen(samples, prepared, ecfg))
     if evaluator_dir is not None:
         out.update(image_quality(samples, prepared, evaluator_dir, ecfg))
+    return out
+
+
+def _log(run_id: str, out: dict, n_samples: int, ecfg: EvalConfig, prepared: data.Prepared) -> None:
     log_metrics(run_id, {f"eval.{k}": v for k, v in out.items() if isinstance(v, (int, float))})
     log_params(run_id, {
-        "eval.n_samples": str(len(samples)), "eval.likelihood_examples": str(ecfg.likelihood_examples),
+        "eval.n_samples": str(n_samples), "eval.likelihood_examples": str(ecfg.likelihood_examples),
         "eval.parzen_examples": str(ecfg.parzen_examples), "eval.binarization":
             prepared.manifest["params"].get("binarization", "n/a") if prepared.kind == "binary" else "n/a",
         "eval.likelihood_method": str(out.get("likelihood_method", "none")),
     })
+
+
+@task(name="evaluate")
+def evaluate(model_path: str, dataset: str, prepared_dir: str, samples_path: str, cfg: dict, run_id: str,
+             evaluator_dir: str | None = None) -> dict:
+    ecfg = EvalConfig(**cfg)
+    prepared = data.load(prepared_dir)
+    samples = np.load(samples_path)
+    out = measure(models.load(model_path), dataset, prepared, samples, ecfg, evaluator_dir)
+    _log(run_id, out, len(samples), ecfg, prepared)
+    return out
+
+
+@task(name="baseline")
+def evaluate_baseline(dataset: str, prepared_dir: str, n: int, cfg: dict, run_id: str,
+                      evaluator_dir: str | None = None) -> dict:
+    """The dataset's trivial baseline (genzoo/baselines.py), measured like a family, logged to `run_id`."""
+    from genzoo.baselines import FactorisedBaseline
+
+    ecfg = EvalConfig(**cfg)
+    prepared = data.load(prepared_dir)
+    model = FactorisedBaseline(prepared.tensor("train"), prepared.kind, prepared.levels)
+    samples = model.sample(n, torch.Generator().manual_seed(ecfg.seed)).numpy()
+    out = measure(model, dataset, prepared, samples, ecfg, evaluator_dir)
+    _log(run_id, out, len(samples), ecfg, prepared)
     return out

@@ -19,6 +19,7 @@ COLUMNS = [  # (header, row key)
     ("Parzen (nats, legacy)", "parzen_ll"), ("FID", "fid"), ("Inception FID", "inception_fid"), ("KID", "kid"),
     ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
     ("modes", "modes"), ("high-quality", "high_quality_fraction"), ("KL(modes||unif)", "kl_to_uniform"),
+    ("classes", "classes"), ("max class share", "max_class_share"), ("beats baseline", "beats_baseline"),
     ("train s", "train_seconds"), ("ms/sample", "ms_per_sample"), ("registered", "registered"),
 ]
 OPTIONAL = {"inception_fid"}  # shown only when some row has it (evaluate.fid_network: inception)
@@ -38,6 +39,7 @@ def _fmt(v) -> str:
 
 def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[dict], list[str]]:
     """(parent info, one row per child run in taxonomy order, skipped pairings)."""
+    from genzoo import baselines
     from models import FAMILIES
     from tasks.services import client
 
@@ -63,8 +65,15 @@ def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[dict], list[str]]:
         if row["likelihood_method"] == "none":
             row["likelihood_method"] = None
         rows.append(row)
-    order = {name: i for i, name in enumerate(FAMILIES)}
+    order = {name: i for i, name in enumerate(FAMILIES)} | {baselines.NAME: -1}
     rows.sort(key=lambda r: (r["dataset"] or "", order.get(r["family"], 99)))
+    reference = {r["dataset"]: r for r in rows if r["family"] == baselines.NAME and r["status"] == "FINISHED"}
+    for r in rows:
+        if "classes_hit" in r:
+            r["classes"] = f"{int(r['classes_hit'])}/{int(r['classes_total'])}"
+        if r["family"] != baselines.NAME and r["dataset"] in reference and r["status"] == "FINISHED":
+            verdict = baselines.beats_baseline(r, reference[r["dataset"]])
+            r["beats_baseline"] = None if verdict is None else ("yes" if verdict else "NO")
     skipped = json.loads(parent.data.tags.get("genzoo.skipped", "[]"))
     info = {"run_id": parent_run_id, "name": parent.info.run_name, "preset": parent.data.params.get("preset", "")}
     return info, rows, skipped

@@ -44,9 +44,36 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
             assert r["evaluator_test_accuracy"] > 0.5 and r["metric_samples"] == 200
     # the four trainings ran at the same time on the one Ray cluster
     assert max(r["started_at"] for r in rows.values()) < min(r["ended_at"] for r in rows.values())
+    for fam in ("gan", "vae"):  # how the evaluator labels the digits samples
+        assert 1 <= rows[fam, "digits"]["classes_hit"] <= 10 and 0.1 <= rows[fam, "digits"]["max_class_share"] <= 1
     report = Path(first_run["report"]).read_text()
     for fam, ds in rows:
         assert f"| {fam} | {ds} | FINISHED |" in report
+    for ds in ("ring8", "digits"):  # each dataset's trivial baseline, measured like the families
+        assert f"| trivial baseline (independent marginals) | baseline | {ds} | FINISHED |" in report
+
+
+def test_report_says_whether_each_model_beats_its_baseline(first_run):
+    import json
+
+    table = json.loads((Path(first_run["report"]).parent / "comparison.json").read_text())
+    by = {(r["family"], r["dataset"]): r for r in table["rows"]}
+    base = by["baseline", "digits"]
+    assert base["test_nll"] > 0 and base["classes_hit"] >= 1 and base["fid"] > 0
+    assert by["baseline", "ring8"]["modes_captured"] >= 0
+    for (fam, ds), r in by.items():
+        if fam == "baseline":
+            assert "beats_baseline" not in r
+            continue
+        if "test_nll" in r:  # the verdict follows the measure: NLL first, then modes, then FID
+            expected = r["test_nll"] < by["baseline", ds]["test_nll"]
+        elif ds == "ring8":
+            b = by["baseline", ds]
+            expected = (r["modes_captured"] > b["modes_captured"]) if r["modes_captured"] != b["modes_captured"] \
+                else r["high_quality_fraction"] > b["high_quality_fraction"]
+        else:
+            expected = r["fid"] < by["baseline", ds]["fid"]
+        assert r["beats_baseline"] == ("yes" if expected else "NO"), (fam, ds)
 
 
 def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, project):
@@ -57,8 +84,9 @@ def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, proj
     assert parent.info.status == "FINISHED" and parent.data.params["preset"] == "smoke"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.md", "comparison.json"}
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 4
-    for child in children:
+    assert len(children) == 6  # four trainings, two baselines
+    assert sorted(ch.data.tags["genzoo.family"] for ch in children).count("baseline") == 2
+    for child in [ch for ch in children if ch.data.tags["genzoo.family"] != "baseline"]:
         fam, ds = child.data.tags["genzoo.family"], child.data.tags["genzoo.dataset"]
         assert child.info.status == "FINISHED"
         assert child.data.tags["genzoo.data_hash"] == data.load(project / "data" / "prepared" / ds).manifest["hash"]
@@ -83,7 +111,7 @@ def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
     assert "reports/metrics.json" in shown and "gan-ring8" in shown
     report.unlink()
     assert main(["report", first_run["run_name"]]) == 0
-    assert report.read_text().count("| FINISHED |") == 4
+    assert report.read_text().count("| FINISHED |") == 6
     from flows.report import report as report_flow  # the same through the Prefect flow
 
     report.unlink()

@@ -16,7 +16,7 @@ def test_binary_baseline_sums_to_one_and_matches_the_means():
     model = FactorisedBaseline(train, "binary", 2)
     every = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4))).view(16, 1, 2, 2)
     assert model.log_likelihood(every).exp().sum().item() == pytest.approx(1.0, abs=1e-9)
-    assert torch.allclose(model.p, (train.flatten(1).sum(0) + 1) / 502)
+    assert torch.allclose(model.p, (train.flatten(1).double().sum(0) + 1) / 502)
     samples = model.sample(20000, torch.Generator().manual_seed(1))
     assert samples.shape == (20000, 1, 2, 2) and set(samples.unique().tolist()) <= {0.0, 1.0}
     assert samples.mean().item() == pytest.approx(0.3, abs=0.02)

@@ -175,7 +175,7 @@ def sharpen(model: VAE) -> VAE:
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.mul_(3.0)
-        if model.config.data_kind != "binary":  # the Bernoulli decoder has no scale
+        if model.config.data_kind == "points":  # images get their scales from the decoder; Bernoulli has none
             model.log_scale.fill_(-2.5)
     return model
 

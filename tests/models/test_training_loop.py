@@ -212,3 +212,14 @@ def test_train_config_rejects_bad_recipe_values():
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
     assert math.isclose(TrainConfig(ema=0.999).ema, 0.999)
+
+
+@pytest.mark.parametrize("levels", [2, 5, 256])
+def test_discretized_logistic_sums_to_one_over_the_levels(levels):
+    from models.vae import discretized_logistic_log_prob
+
+    grid = torch.arange(levels).double() / (levels - 1)  # every value a pixel can take
+    for mean, log_scale in ((0.3, -1.0), (0.0, -6.0), (1.0, -7.0), (0.5, 2.0), (0.51, -7.0)):
+        lp = discretized_logistic_log_prob(grid, torch.full_like(grid, mean), torch.full_like(grid, log_scale), levels)
+        assert torch.isfinite(lp).all()
+        assert lp.exp().sum().item() == pytest.approx(1.0, abs=1e-4), (mean, log_scale)

@@ -33,7 +33,8 @@ def _overrides(items: list[str]) -> tuple[dict, dict]:
     for item in items:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
-        (train if section == "train" else model)[name] = yaml.safe_load(value)
+        # train.KEY -> train[KEY]; <family>.KEY -> model[<family>][KEY] (main() takes model[family])
+        (train if section == "train" else model.setdefault(section, {}))[name] = yaml.safe_load(value)
     return train, model
 
 
@@ -51,7 +52,7 @@ def prepared_folder(dataset: str) -> Path:
     return folder
 
 
-def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234) -> dict:
+def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen_n: int = 0) -> dict:
     import numpy as np
     import torch
 
@@ -70,6 +71,8 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234) -> dic
     gen = torch.Generator().manual_seed(seed)
     x = torch.cat([model.sample(min(1000, n_samples - i), gen) for i in range(0, n_samples, 1000)]).numpy()
     out["sample_seconds"] = time.perf_counter() - t0
+    if parzen_n:
+        out.update(parzen_score(x, prepared, parzen_n, seed))
     if prepared.name in ("ring8", "grid25"):
         std = {"ring8": 0.01, "grid25": 0.05}[prepared.name]
         out.update(mode_statistics(x, sources.mode_centers(prepared.name), std))
@@ -92,6 +95,29 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234) -> dic
     return out
 
 
+def parzen_score(x, prepared, rows: int, seed: int = 1234) -> dict:
+    """--parzen N: the Parzen-window log-likelihood (nats) of N seeded test rows under the samples, sigma
+    chosen on N seeded validation rows (tasks/evaluate.py's protocol; flattened, float64)."""
+    import warnings
+
+    import numpy as np
+
+    from genzoo import quality
+
+    t0 = time.perf_counter()
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    val = prepared.subset("val", rows, seed).flatten(1).double().numpy()
+    test = prepared.subset("test", rows, seed).flatten(1).double().numpy()
+    grid = np.logspace(-3, 0.5, 15) if prepared.kind == "points" else quality.PARZEN_SIGMAS  # tasks/evaluate.py
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sigma = quality.choose_parzen_sigma(flat, val, grid)
+    ll = quality.parzen_log_likelihood(flat, test, sigma)
+    return {"parzen_ll": float(ll.mean()), "parzen_ll_stderr": float(ll.std() / np.sqrt(len(ll))),
+            "parzen_sigma": float(sigma), "parzen_rows": len(test), "parzen_samples": len(flat),
+            "parzen_seconds": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("family")
@@ -102,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=0, help="samples to score (default: 2,500 points, 10,000 images)")
     p.add_argument("--test", type=int, default=2000, help="test rows for the NLL (0: whole split)")
     p.add_argument("--label", default="", help="a name for this line of the sweep")
+    p.add_argument("--parzen", type=int, default=0, metavar="N",
+                   help="also score the Parzen-window log-likelihood of N test rows (sigma from N val rows)")
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--save", metavar="DIR", help="also write the trained model (model.pt) and a sample picture here")
     args = p.parse_args(argv)
 
     import torch
@@ -133,8 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {"date": dt.date.today().isoformat(), "family": args.family, "dataset": args.dataset,
               "recipe": recipe.name, "label": args.label, "set": args.set, "threads": args.threads,
               "epochs_run": len(history), "steps": int(history[-1].get("steps", 0)) if history else 0,
-              "train_seconds": round(train_seconds, 1), **score(model, prepared, n, args.test)}
+              "train_seconds": round(train_seconds, 1), **score(model, prepared, n, args.test, parzen_n=args.parzen)}
     print(json.dumps(result), flush=True)
+    if args.save:
+        from genzoo.plots import save_samples
+
+        out_dir = Path(args.save)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save(out_dir / "model.pt")
+        shown = model.sample(64 if len(prepared.shape) > 1 else 2500, torch.Generator().manual_seed(0)).numpy()
+        save_samples(shown, out_dir / "samples.png", title=recipe.name)
     if not args.no_record:
         out = ROOT / "benchmarks" / "results" / "recipes.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)

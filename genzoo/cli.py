@@ -4,7 +4,7 @@
     genzoo fetch NAME[@ALIAS|/VERSION] -n N -o FILE(.npy|.png)
     genzoo score NAME[@ALIAS|/VERSION] --data FILE.npy -o OUT.npy
     genzoo report [RUN]
-    genzoo reproduce binarized-mnist|parzen-mnist [--budget cpu|full]
+    genzoo reproduce binarized-mnist|parzen-mnist|mode-collapse [--budget cpu|full]
     genzoo families
     genzoo prepare DATASET          (what each DVC prepare stage runs)
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     rr = sub.add_parser("reproduce", help="train the papers' models and print our numbers beside the published ones")
-    rr.add_argument("table", choices=["binarized-mnist", "parzen-mnist"])
+    rr.add_argument("table", choices=["binarized-mnist", "parzen-mnist", "mode-collapse"])
     rr.add_argument("--budget", choices=["cpu", "full"], default="cpu",
                     help="cpu: cut for a 2-core CPU machine (default); full: papers' sizes, 50 epochs")
     rr.add_argument("--retrain", action="store_true", help="train again even where an identical training finished")

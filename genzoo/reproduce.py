@@ -2,6 +2,8 @@
 
     genzoo reproduce binarized-mnist [--budget cpu|full]   test NLL (nats) on the fixed binarized MNIST
     genzoo reproduce parzen-mnist    [--budget cpu|full]   Parzen-window log-likelihood (nats) on MNIST
+    genzoo reproduce mode-collapse   [--budget cpu|full]   GAN vs PacGAN: modes, high-quality share, KL on
+                                                           ring8, grid25 and Stacked MNIST
 
 Each row with a genzoo family is trained and evaluated by the ordinary pipeline flow
 (prepare under DVC, Ray Train, MLflow runs; one flow run per row, so two MADE variants
@@ -50,6 +52,8 @@ class Entry:
     train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # budget -> train settings
     evaluate: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # budget -> extra evaluate settings
     deviation: str = ""  # what differs from the paper whatever the budget
+    dataset: str = ""  # the dataset of this row ('': the table's)
+    also: dict[str, float] = dataclasses.field(default_factory=dict)  # published values of the table's other metrics
 
     def settings(self, budget: str) -> tuple[dict, dict, dict]:
         """(model overrides, train overrides, evaluate overrides) of this row under `budget`."""
@@ -67,10 +71,24 @@ class Table:
     evaluate: dict[str, dict[str, Any]]  # budget -> evaluate overrides for every row
     entries: tuple[Entry, ...]
     about: str
+    columns: tuple["Column", ...] = ()  # tables of several metrics: all of them, `metric` first (see render)
+
+    def dataset_of(self, e: Entry) -> str:
+        return e.dataset or self.dataset
 
     def gap(self, ours: float, published: float) -> float:
         """How much worse ours is than the published number (positive: worse), in the table's unit."""
         return ours - published if self.lower_is_better else published - ours
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One metric of a table with several (published beside ours, no gap column)."""
+
+    key: str  # row key of the pipeline result
+    label: str
+    percent: bool = False  # a fraction shown in %
+    digits: int = 2
 
 
 _FULL_TRAIN = {"epochs": 50, "steps_per_epoch": 0, "batch_size": 100, "val_examples": 1000}
@@ -150,7 +168,70 @@ PARZEN_MNIST = Table(
     ),
 )
 
-TABLES = {t.name: t for t in (BINARIZED_MNIST, PARZEN_MNIST)}
+# Lin et al. 2018 (PacGAN), the 2-D mixtures table, modes captured (of 8 / 25, mean over runs), the share
+# of high-quality samples (within 3 std of a mode) and KL(mode histogram || uniform) from 2,500 samples; their
+# 2-D players are MLPs of 4 hidden layers of 400 units, latent dim 2, BatchNorm in G, Adam lr 1e-4, batch 100.
+# Its Stacked MNIST table (the setting of VEEGAN, Srivastava et al. 2017): modes of 1,000 and KL from 26,000 samples, DCGAN players.
+_MLP_2D = {"latent_dim": 2, "hidden": 400, "depth": 4, "g_batchnorm": True, "lr": 1e-4}
+# cpu: 5,000 steps of batch 100 (the quick points recipe, ~1 minute each on one core). At that budget the paper's
+# lr 1e-4 and generator BatchNorm leave most samples between the modes (measured: benchmarks/results/recipes.jsonl), so
+# the cpu rows train with the recipe's lr 5e-4, cosine to 1 %, and no BatchNorm; `full` keeps the paper's.
+_CPU_2D_CUT = {"lr": 5e-4, "g_batchnorm": False}
+_CPU_2D = {"epochs": 20, "steps_per_epoch": 250, "batch_size": 100, "schedule": "cosine", "min_lr_ratio": 0.01,
+           "ema": 0.0, "val_examples": 0}
+_FULL_2D = {"epochs": 100, "steps_per_epoch": 0, "batch_size": 100, "schedule": "constant", "ema": 0.0,
+            "val_examples": 0, "patience": 0}  # 100 passes over the 20,000 training points (20,000 steps)
+_CPU_STACKED = {"epochs": 2, "steps_per_epoch": 250, "batch_size": 64, "schedule": "constant", "ema": 0.0,
+                "val_examples": 0}
+_FULL_STACKED = {"epochs": 50, "steps_per_epoch": 0, "batch_size": 64, "schedule": "constant", "ema": 0.0,
+                 "val_examples": 0, "patience": 0}
+_STACKED_EVAL = {"n_mode_samples": 26000, "n_image_samples": 1000, "parzen_examples": 100}
+_PAC_PAPER = "Lin et al. 2018 (PacGAN)"
+
+
+def _mode_rows(dataset: str, table: str, published: dict[str, tuple[float, float, float]]) -> tuple[Entry, ...]:
+    """GAN, PacGAN2 and PacGAN4 on a 2-D mixture (the paper's PacGAN3 row is left out: it adds nothing to the
+    comparison but two trainings)."""
+    return tuple(
+        Entry(f"{dataset}: {label}", modes, None, f"{_PAC_PAPER}, {table}", "gan", dataset=dataset,
+              also={"high_quality_fraction": hq / 100, "kl_to_uniform": kl},
+              model={**_MLP_2D, "pack": pack}, cuts={"cpu": _CPU_2D_CUT}, train={"cpu": _CPU_2D, "full": _FULL_2D},
+              deviation="one run, not a mean over runs; LeakyReLU discriminator (paper: maxout)")
+        for label, pack in (("GAN", 1), ("PacGAN2", 2), ("PacGAN4", 4))
+        for modes, hq, kl in [published[label]])
+
+
+def _stacked_row(label: str, pack: int, modes: float, kl: float | None, citation: str) -> Entry:
+    return Entry(f"stacked-mnist: {label}", modes, None, citation, "gan", dataset="stacked-mnist",
+                 also={} if kl is None else {"kl_to_uniform": kl}, model={"pack": pack, "width": 64},
+                 cuts={"cpu": {"width": 32}}, train={"cpu": _CPU_STACKED, "full": _FULL_STACKED},
+                 evaluate={"cpu": _STACKED_EVAL, "full": _STACKED_EVAL},
+                 deviation="genzoo's two-layer DCGAN players (paper: the Metz et al. 2017 DCGAN); one run")
+
+
+MODE_COLLAPSE = Table(
+    name="mode-collapse", dataset="ring8", metric="modes_captured", unit="modes", lower_is_better=False,
+    about="Mode collapse, GAN against PacGAN-m (the discriminator judges m samples at once; Lin et al. 2018): "
+          "modes captured, high-quality share and KL(mode histogram || uniform, nats) on the 2-D ring of 8 and "
+          "grid of 25 Gaussians (2,500 samples; a sample is high quality within 3 std of a mode) and on Stacked "
+          "MNIST (1,000 modes, each channel labelled by the MNIST evaluator, 26,000 samples). Published numbers "
+          "are means over runs; ours are one run each, at the budget stated in the protocol column (cpu: 5,000 "
+          "steps on the 2-D mixtures, 500 steps of half-width players on Stacked MNIST, far from the paper's).",
+    evaluate={"cpu": {}, "full": {}},
+    columns=(Column("modes_captured", "modes", digits=1), Column("high_quality_fraction", "high quality", percent=True),
+             Column("kl_to_uniform", "KL")),
+    entries=(
+        *_mode_rows("ring8", "2-D mixtures table", {"GAN": (6.3, 98.2, 0.45), "PacGAN2": (7.9, 95.6, 0.07),
+                                         "PacGAN4": (7.8, 95.9, 0.07)}),
+        *_mode_rows("grid25", "2-D mixtures table", {"GAN": (17.3, 94.8, 0.70), "PacGAN2": (23.8, 91.3, 0.13),
+                                          "PacGAN4": (24.8, 93.6, 0.04)}),
+        _stacked_row("DCGAN", 1, 99, 3.40, f"{_PAC_PAPER}, Stacked MNIST table (VEEGAN's setting)"),
+        _stacked_row("PacDCGAN2", 2, 1000, 0.06, f"{_PAC_PAPER}, Stacked MNIST table (VEEGAN's setting)"),
+        _stacked_row("PacDCGAN4", 4, math.nan, None, "not in the paper's table (PacDCGAN2 is its packed row)"),
+    ),
+)
+
+TABLES = {t.name: t for t in (BINARIZED_MNIST, PARZEN_MNIST, MODE_COLLAPSE)}
 
 
 def check(table: Table, budget: str, root: Path) -> None:
@@ -160,7 +241,7 @@ def check(table: Table, budget: str, root: Path) -> None:
     for e in table.entries:
         if e.family:
             model, train, evaluate = e.settings(budget)
-            plan([e.family], [table.dataset], "full", root, train, {e.family: model},
+            plan([e.family], [table.dataset_of(e)], "full", root, train, {e.family: model},
                  {**table.evaluate.get(budget, {}), **evaluate})
 
 
@@ -195,7 +276,7 @@ def run(table: Table, budget: str, root: Path, retrain: bool = False, log=print,
             model, train, evaluate = e.settings(budget)
             log(f"[reproduce {table.name}] {i}/{len(trained)}: {e.label} ({e.family}, {budget} budget)")
             t0 = time.perf_counter()
-            out = pipeline(families=[e.family], datasets=[table.dataset], preset="full", train_overrides=train,
+            out = pipeline(families=[e.family], datasets=[table.dataset_of(e)], preset="full", train_overrides=train,
                            model_overrides={e.family: model}, evaluate_overrides={**table.evaluate.get(budget, {}),
                                                                                   **evaluate},
                            register_models=False, reuse_trainings=not retrain)
@@ -204,6 +285,7 @@ def run(table: Table, budget: str, root: Path, retrain: bool = False, log=print,
                             "evaluate": {**table.evaluate.get(budget, {}), **evaluate},
                             "status": row.get("status"), "reason": row.get("reason", ""),
                             "value": row.get(table.metric), "stderr": row.get(f"{table.metric}_stderr"),
+                            "values": {c.key: row.get(c.key) for c in table.columns}, "dataset": table.dataset_of(e),
                             "likelihood_method": row.get("likelihood_method"), "run_id": row.get("run_id"),
                             "pipeline_run": out["run_name"], "train_seconds": row.get("train_seconds"),
                             "seconds": time.perf_counter() - t0})
@@ -221,8 +303,51 @@ def _num(v: float | None, stderr: float | None = None) -> str:
     return f"{v:.2f}" + (f" ± {stderr:.2f}" if stderr else "")
 
 
+def _protocol(e: Entry, r: dict[str, Any], table: Table) -> str:
+    train = r["train"]
+    steps = "full passes" if not train.get("steps_per_epoch") else f"x {train['steps_per_epoch']} steps"
+    settings = ", ".join(f"{k}={v}" for k, v in r["model"].items())
+    return (f"{e.family} ({settings}); {train.get('epochs')} epochs {steps}, batch {train.get('batch_size')}"
+            + (f"; {r['likelihood_method']}" if r.get("likelihood_method") and table.metric == "test_nll" else "")
+            + (f" on {r['evaluate'].get('likelihood_examples') or 'all'} test images"
+               if table.metric == "test_nll" else "")
+            + (f"; differs: {e.deviation}" if e.deviation else ""))
+
+
+def _cell(c: Column, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{100 * v:.1f} %" if c.percent else (f"{v:g}" if float(v).is_integer() else f"{v:.{c.digits}f}")
+
+
+def render_columns(table: Table, budget: str, results: list[dict[str, Any]]) -> str:
+    """A table of several metrics: for each, the published number beside ours."""
+    by_label = {r["entry"]: r for r in results}
+    head = " | ".join(f"{c.label}: published | ours" for c in table.columns)
+    lines = [f"## genzoo reproduce {table.name} (budget: {budget})", "", table.about, "",
+             f"| model | {head} | genzoo family and protocol | source |",
+             "|---|" + "---|---|" * len(table.columns) + "---|---|"]
+    for e in table.entries:
+        published = {table.metric: e.published, **e.also}
+        r = by_label.get(e.label)
+        if r is None or r["status"] != "FINISHED":
+            note = ("not in genzoo" if e.family is None else "not run") if r is None else f"failed: {r['reason']}"
+            ours = {c.key: None for c in table.columns}
+            protocol = note if e.family else "-"
+        else:
+            ours, protocol = r.get("values") or {table.metric: r["value"]}, _protocol(e, r, table)
+        cells = " | ".join(f"{_cell(c, published.get(c.key))} | {_cell(c, ours.get(c.key))}" for c in table.columns)
+        lines.append(f"| {e.label} | {cells} | {protocol} | {e.citation} |")
+    lines += ["", "Training settings per row in the protocol column; evaluation settings: params.yaml `evaluate`"
+              + "".join(f"; {e.label}: " + ", ".join(f"{k}={v}" for k, v in e.evaluate[budget].items())
+                        for e in table.entries if e.evaluate.get(budget) and e.label in by_label) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def render(table: Table, budget: str, results: list[dict[str, Any]]) -> str:
     """The Markdown table: published beside ours, the gap, and the protocol of our number."""
+    if table.columns:
+        return render_columns(table, budget, results)
     by_label = {r["entry"]: r for r in results}
     better = "lower" if table.lower_is_better else "higher"
     lines = [f"## genzoo reproduce {table.name} (budget: {budget})", "", table.about,
@@ -237,14 +362,7 @@ def render(table: Table, budget: str, results: list[dict[str, Any]]) -> str:
             ours, gap, protocol = f"failed: {r['reason']}", "-", e.family
         else:
             ours, gap = _num(r["value"], r["stderr"]), f"{table.gap(r['value'], e.published):+.2f}"
-            train = r["train"]
-            steps = "full passes" if not train.get("steps_per_epoch") else f"x {train['steps_per_epoch']} steps"
-            settings = ", ".join(f"{k}={v}" for k, v in r["model"].items())
-            protocol = (f"{e.family} ({settings}); {train.get('epochs')} epochs {steps}, batch {train.get('batch_size')}"
-                        + (f"; {r['likelihood_method']}" if r.get("likelihood_method") and table.metric == "test_nll" else "")
-                        + (f" on {r['evaluate'].get('likelihood_examples') or 'all'} test images"
-                           if table.metric == "test_nll" else "")
-                        + (f"; differs: {e.deviation}" if e.deviation else ""))
+            protocol = _protocol(e, r, table)
         lines.append(f"| {e.label} | {_num(e.published, e.stderr)} | {ours} | {gap} | {protocol} | {e.citation} |")
     ev = table.evaluate.get(budget, {})
     lines += ["", "Evaluation settings: " + (", ".join(f"{k}={v}" for k, v in ev.items()) or "params.yaml defaults")
@@ -267,6 +385,8 @@ def write(table: Table, budget: str, results: list[dict[str, Any]], root: Path) 
     md.write_text(render(table, budget, results))
     (out / f"{table.name}-{budget}.json").write_text(json.dumps(
         {"table": table.name, "budget": budget, "dataset": table.dataset, "metric": table.metric,
-         "published": {e.label: [e.published, e.stderr] for e in table.entries}, "results": results},
+         "published": {e.label: [e.published, e.stderr] for e in table.entries},
+         **({"published_also": {e.label: e.also for e in table.entries}} if table.columns else {}),
+         "results": results},
         indent=2, default=str) + "\n")
     return md

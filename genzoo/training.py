@@ -40,19 +40,22 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 
 
 class WeightAverage:
-    """Exponential moving average of a model's floating-point parameters (Polyak averaging, as
-    DDPM and many GANs sample from); buffers (BatchNorm statistics, masks, counters) are copied
-    from the live model, so the averaged model's normalisation matches the weights it holds."""
+    """Exponential moving average of a model's parameters (Polyak averaging, as DDPM and many GANs
+    sample from) and of its BatchNorm running statistics, so those are averaged with the weights they
+    were measured under (as timm's ModelEma does) rather than taken from the live weights. Other
+    buffers (counters, masks, running data moments) are copied from the live model."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.params = {k for k, _ in model.named_parameters()}
+        self.averaged = {k for k, _ in model.named_parameters()} | {
+            f"{name}.{stat}" for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase) for stat in ("running_mean", "running_var")}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         for k, v in model.state_dict().items():
-            if k in self.params and v.is_floating_point():
+            if k in self.averaged and v.is_floating_point():
                 self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
                 self.shadow[k].copy_(v)

@@ -7,8 +7,20 @@ cross-entropy of real vs generated, the generator the non-saturating heuristic
 -log D(G(z)). Images use DCGAN-style convolutions (Radford et al. 2016), 2-D
 points use MLPs.
 
-NOTE: one discriminator step per generator step (k = 1), Adam(0.5, 0.999) as in
-DCGAN. Samples of binary data are Bernoulli means in [0, 1], not thresholded.
+NOTE: one discriminator step per generator step (k = 1), Adam(beta1, 0.999), beta1 = 0.5
+as in DCGAN. Samples of binary data are Bernoulli means in [0, 1], not thresholded.
+NOTE: `pack` > 1 is PacGAN (Lin et al. 2018, arXiv:1712.04086): the discriminator judges
+packs of `pack` samples concatenated (along features for the MLP, along channels for the
+conv stack), real packs from real samples only, fake packs from generated ones. The number
+of samples per step stays the batch size (batch // pack packs of each; a batch that is not
+a multiple of `pack` drops its last batch % pack samples). The MLP players have `depth`
+hidden layers of `hidden` units (2 by default; PacGAN's 2-D experiments use 4 x 400, latent
+dim 2 and BatchNorm in the generator, `g_batchnorm`). Sampling runs in eval mode, so
+BatchNorm layers use their running statistics, which the training steps update.
+NOTE: with `train.ema` the BatchNorm running statistics are averaged with the weights
+(genzoo.training.WeightAverage). When they were copied from the live model instead, a
+BatchNorm generator with EMA 0.999 found 12 of 25 grid25 modes (3 % high quality) against 22
+(12 %) without EMA; the recipes do not use EMA for the GAN.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import FamilyConfig, GenerativeModel, logit_of_mean
+from models.base import ConfigError, FamilyConfig, GenerativeModel, logit_of_mean
 from models.nets import ConvDiscriminator, ConvGenerator, conv_fits, mlp
 
 
@@ -27,8 +39,20 @@ from models.nets import ConvDiscriminator, ConvGenerator, conv_fits, mlp
 class GANConfig(FamilyConfig):
     latent_dim: int = 64
     hidden: int = 256  # MLP width (points and images that do not fit the conv stack)
+    depth: int = 2  # hidden layers of each MLP player
+    g_batchnorm: bool = False  # BatchNorm1d after every hidden layer of the MLP generator (the conv one always has it)
     width: int = 64  # conv width for images
     lr: float = 2e-4
+    beta1: float = 0.5  # Adam's first-moment decay (DCGAN: 0.5)
+    pack: int = 1  # PacGAN: samples per discriminator input (1: a plain GAN)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("latent_dim", "hidden", "depth", "width", "pack"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"gan {key} must be at least 1, got {getattr(self, key)}")
+        if not 0 <= self.beta1 < 1:
+            raise ConfigError(f"gan beta1 must be in [0, 1), got {self.beta1}")
 
 
 class GAN(GenerativeModel):
@@ -43,11 +67,14 @@ class GAN(GenerativeModel):
         c = config
         if conv_fits(c.data_shape):
             self.generator = ConvGenerator(c.latent_dim, c.data_shape, c.width)
-            self.discriminator = ConvDiscriminator(c.data_shape, c.width)
+            channels, height, width = c.data_shape
+            self.discriminator = ConvDiscriminator((c.pack * channels, height, width), c.width)
         else:
             out_act = None if c.data_kind == "points" else nn.Sigmoid()
-            self.generator = mlp([c.latent_dim, c.hidden, c.hidden, c.dim], out_act=out_act)
-            self.discriminator = mlp([c.dim, c.hidden, c.hidden, 1], act=lambda: nn.LeakyReLU(0.2))
+            hidden = [c.hidden] * c.depth
+            self.generator = mlp([c.latent_dim, *hidden, c.dim], out_act=out_act,
+                                 norm=nn.BatchNorm1d if c.g_batchnorm else None)
+            self.discriminator = mlp([c.pack * c.dim, *hidden, 1], act=lambda: nn.LeakyReLU(0.2))
 
     @torch.no_grad()
     def init_from_data(self, train: torch.Tensor) -> None:
@@ -63,19 +90,28 @@ class GAN(GenerativeModel):
         return self.generator(z).view(-1, *self.config.data_shape)  # (n, *data_shape)
 
     def critic(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of (n, *data_shape) samples, one per pack of `pack` consecutive samples: (n // pack,)."""
+        m = self.config.pack
+        if x.shape[0] % m:
+            raise ValueError(f"critic needs a multiple of pack={m} samples, got {x.shape[0]}")
         if isinstance(self.discriminator, ConvDiscriminator):
-            return self.discriminator(x)
-        return self.discriminator(x.flatten(1)).squeeze(-1)  # (n,)
+            _, c, h, w = x.shape
+            return self.discriminator(x.reshape(-1, m * c, h, w))  # channels of consecutive samples side by side
+        return self.discriminator(x.reshape(-1, m * self.config.dim)).squeeze(-1)  # (n // pack,)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        betas = (0.5, 0.999)
+        betas = (self.config.beta1, 0.999)
         return {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=self.config.lr, betas=betas),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=self.config.lr, betas=betas),
         }
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        n = batch.shape[0]
+        m = self.config.pack
+        if batch.shape[0] < m:
+            raise ConfigError(f"gan pack={m} needs at least {m} samples per batch (per worker), got {batch.shape[0]}")
+        n = batch.shape[0] - batch.shape[0] % m  # whole packs only
+        batch = batch[:n]
         z = torch.randn(n, self.config.latent_dim, device=batch.device)
         fake = self.generate(z)
         # Discriminator: maximise log D(x) + log(1 - D(G(z))).

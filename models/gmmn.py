@@ -18,7 +18,13 @@ Outputs: 'binary' and 'image' data through a sigmoid (values in [0, 1]; binary
 samples are Bernoulli means, not thresholded); 'points' are linear outputs.
 
 NOTE: bandwidths are kernel length-scales s in exp(-d^2 / (2 s^2)); the default
-set spans 0.05..40 so one config covers 2-D points, 8x8 and 28x28 images.
+set spans 0.05..40 so one config covers 2-D points, 8x8 and 28x28 images. On
+MNIST (squared distances between images ~50-200) s <= 1 gives exp(-25) or less
+between a sample and the data: no pull towards the data (between the
+near-identical samples of a collapsed generator they still push apart); Li et
+al.'s reference code uses 2, 5, 10, 20, 40, 80 there. Set them per kind of data
+in params.yaml `recipes.gmmn.<kind>.model.bandwidths`
+(tests/models/test_implicit_recipes.py checks the dead and live gradients).
 NOTE: GMMN+AE trains the autoencoder and the generator jointly (one AE step then
 one generator step per batch), not the paper's two stages; no dropout on the
 code layer, no greedy layer-wise pretraining.

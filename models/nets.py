@@ -8,12 +8,15 @@ import torch
 from torch import nn
 
 
-def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, out_act: nn.Module | None = None) -> nn.Sequential:
-    """Linear layers of the given sizes with `act` between them."""
+def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, out_act: nn.Module | None = None,
+        norm: type[nn.Module] | None = None) -> nn.Sequential:
+    """Linear layers of the given sizes with `act` between them (after `norm(width)`, e.g. BatchNorm1d, if given)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
+            if norm is not None:
+                layers.append(norm(b))
             layers.append(act())
     if out_act is not None:
         layers.append(out_act)

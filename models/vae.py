@@ -52,7 +52,7 @@ class VAEConfig(FamilyConfig):
     hidden: int = 256
     lr: float = 1e-3
     iwae_k: int = 1  # importance samples for log_likelihood: 1 = ELBO, k > 1 = IWAE-k bound
-    mixture: int = 3  # images: discretised logistic components per pixel
+    mixture: int = 1  # images: discretised logistic components per pixel
     kl_warmup_steps: int = 0  # KL weight rising linearly from 0 to 1 over these steps (Sonderby et al. 2016)
 
     def __post_init__(self) -> None:

@@ -223,3 +223,16 @@ def test_discretized_logistic_sums_to_one_over_the_levels(levels):
         lp = discretized_logistic_log_prob(grid, torch.full_like(grid, mean), torch.full_like(grid, log_scale), levels)
         assert torch.isfinite(lp).all()
         assert lp.exp().sum().item() == pytest.approx(1.0, abs=1e-4), (mean, log_scale)
+
+
+def test_weight_average_averages_batchnorm_statistics_and_copies_other_buffers():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    net.register_buffer("count", torch.zeros((), dtype=torch.float64))
+    avg = WeightAverage(net, decay=0.5)
+    with torch.no_grad():
+        net[1].running_mean.fill_(1.0)
+        net.count.fill_(7.0)
+    avg.update(net)
+    assert torch.allclose(avg.shadow["1.running_mean"], torch.full((2,), 0.5))  # averaged: 0 -> 0.5
+    assert avg.shadow["count"].item() == 7.0  # a running data moment is copied, not averaged
+    assert avg.shadow["1.num_batches_tracked"].item() == net[1].num_batches_tracked.item()

@@ -59,3 +59,29 @@ def test_reproduce_rejects_an_unknown_table(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["reproduce", "cifar-10"])
     assert exc.value.code == 2 and "invalid choice: 'cifar-10'" in capsys.readouterr().err
+
+
+def test_mode_collapse_table_rows_and_three_metric_rendering():
+    """The PacGAN table: GAN, PacGAN2 and PacGAN4 on each dataset, published numbers beside ours for modes,
+    high-quality share and KL (rendered from made-up results: training it is a benchmark)."""
+    table = reproduce.TABLES["mode-collapse"]
+    rows = {e.label: e for e in table.entries}
+    for dataset in ("ring8", "grid25"):
+        packs = [rows[f"{dataset}: {m}"].settings("cpu")[0]["pack"] for m in ("GAN", "PacGAN2", "PacGAN4")]
+        assert packs == [1, 2, 4] and all(table.dataset_of(rows[f"{dataset}: GAN"]) == dataset for _ in packs)
+    assert [rows[f"stacked-mnist: {m}"].settings("cpu")[0]["pack"] for m in ("DCGAN", "PacDCGAN2", "PacDCGAN4")] == [1, 2, 4]
+    assert rows["ring8: PacGAN2"].published == 7.9 and rows["ring8: PacGAN2"].also == {"high_quality_fraction": 0.956,
+                                                                                         "kl_to_uniform": 0.07}
+    assert rows["grid25: GAN"].published == 17.3 and rows["stacked-mnist: DCGAN"].also == {"kl_to_uniform": 3.40}
+    model, train, _ = rows["ring8: GAN"].settings("cpu")
+    results = [{"entry": "ring8: GAN", "family": "gan", "model": model, "train": train, "evaluate": {},
+                "status": "FINISHED", "reason": "", "value": 7, "stderr": None,
+                "values": {"modes_captured": 7, "high_quality_fraction": 0.5123, "kl_to_uniform": 0.1234}},
+               {"entry": "grid25: PacGAN4", "family": "gan", "model": {}, "train": {}, "evaluate": {},
+                "status": "FAILED", "reason": "boom", "value": None, "stderr": None, "values": {}}]
+    text = reproduce.render(table, "cpu", results)
+    assert "| model | modes: published | ours | high quality: published | ours | KL: published | ours |" in text
+    assert "| ring8: GAN | 6.3 | 7 | 98.2 % | 51.2 % | 0.45 | 0.12 | gan (" in text and "pack=1" in text
+    assert "| grid25: PacGAN4 | 24.8 | - | 93.6 % | - | 0.04 | - | failed: boom |" in text
+    assert "| stacked-mnist: PacDCGAN2 | 1000 | - | - | - | 0.06 | - | not run |" in text
+    assert "| stacked-mnist: PacDCGAN4 | - | - |" in text  # no published number for packing 4

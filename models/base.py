@@ -5,7 +5,9 @@ A family is one file in `models/`: a typed config (a dataclass deriving from
 `GenerativeModel` subclass with
 
 - `configure_optimizers()`      -> {name: optimizer}
-- `training_step(batch, opts)`  -> {metric: float}; the step does its own
+- `training_step(batch, opts)`  -> {metric: float or 0-d tensor}, detached tensors
+                                   staying on the device until the training loop
+                                   reads them once per epoch; the step does its own
                                    backward pass and optimiser steps (through
                                    `self.optimize`), so families with their own
                                    regime (GAN's two players, CD-k, walkback)

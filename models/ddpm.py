@@ -224,7 +224,7 @@ class DDPM(GenerativeModel):
         eps = torch.randn_like(x0)
         loss = F.mse_loss(self.net(self.q_sample(x0, t, eps), t), eps)  # L_simple
         self.optimize(optimizers["main"], loss)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     # -- the variational bound -------------------------------------------
     def _terms(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -123,8 +123,8 @@ class GAN(GenerativeModel):
         fake_logit = self.critic(fake)
         g_loss = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
         self.optimize(optimizers["generator"], g_loss)
-        return {"loss": (d_loss + g_loss).item(), "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                "d_real": torch.sigmoid(real_logit).mean().item(), "d_fake": torch.sigmoid(fake_logit).mean().item()}
+        return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+                "d_real": torch.sigmoid(real_logit).mean().detach(), "d_fake": torch.sigmoid(fake_logit).mean().detach()}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -148,14 +148,14 @@ class GMMN(GenerativeModel):
         if c.autoencoder:
             rec = self.reconstruction_loss(batch)
             self.optimize(optimizers["autoencoder"], rec)
-            metrics["recon"] = rec.item()
+            metrics["recon"] = rec.detach()
             with torch.no_grad():
                 target = self.encode(batch)  # (n, code_dim): ...or in the (fixed, detached) code space
         fake = self.generator(self.draw_noise(batch.shape[0]))  # (n, D) or (n, code_dim)
         loss = mmd(fake, target, c.bandwidths)
         self.optimize(optimizers["generator"], loss)
-        metrics["mmd"] = loss.item()  # sqrt(MMD_b^2) of this batch, before the step
-        metrics["loss"] = loss.item() + metrics.get("recon", 0.0)
+        metrics["mmd"] = loss.detach()  # sqrt(MMD_b^2) of this batch, before the step
+        metrics["loss"] = loss.detach() + metrics.get("recon", 0.0)
         return metrics
 
     # -- sampling -------------------------------------------------------------

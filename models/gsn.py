@@ -205,7 +205,7 @@ class GSN(GenerativeModel):
             self.data_sqsum += (flat.double() ** 2).sum(0)
         loss = self.walkback_loss(batch).mean()
         self.optimize(optimizers["main"], loss)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     # -- sampling -------------------------------------------------------
     def initial_states(self, n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -20,6 +20,10 @@ log_likelihood = logmeanexp_m log p_m(x) is exact for that mixture.
 
 Data: 'binary' only ({0, 1} values of any shape, flattened).
 
+NOTE: the only regulariser besides early stopping is an optional L2 penalty on
+the weights (`weight_decay`, Adam's coupled form);
+without it a 1-mask MADE of 500 units trained 30 epochs with Adam (lr 5e-3, cosine) ended at
+a training loss of 96 and a validation NLL of 102.4 on binarized MNIST (benchmarks/results/recipes.jsonl, 2026-12-01).
 NOTE: masks are cycled through M fixed seeds rather than drawn afresh per
 minibatch (the paper's scheme, with a finite pool, as its experiments do).
 NOTE: sampling draws a mask m uniformly for each sample (from the generator) and
@@ -47,9 +51,12 @@ class MADEConfig(FamilyConfig):
     num_masks: int = 1  # connectivities cycled through in training and averaged at test time
     natural_ordering: bool = True  # order x_1..x_D for every mask; else each mask draws a permutation
     lr: float = 1e-3
+    weight_decay: float = 0.0  # L2 penalty (Adam's coupled weight_decay) on the weights, not the biases
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must not be negative, got {self.weight_decay}")
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)}")
         if self.num_masks < 1:
@@ -120,6 +127,12 @@ class MADE(GenerativeModel):
     @torch.no_grad()
     def init_from_data(self, train: torch.Tensor) -> None:
         self.layers[-1].bias.copy_(logit_of_mean(train.flatten(1)))  # p(x_d | nothing seen) = mean of x_d
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        decayed = [layer.weight for layer in self.layers]
+        biases = [layer.bias for layer in self.layers]
+        return {"main": torch.optim.Adam([{"params": decayed, "weight_decay": self.config.weight_decay},
+                                          {"params": biases, "weight_decay": 0.0}], lr=self.config.lr)}
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         mask = int(self.mask_step) % self.config.num_masks  # cycle through the fixed connectivities

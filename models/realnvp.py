@@ -277,7 +277,7 @@ class RealNVP(GenerativeModel):
             ll = ll - self.config.dim * math.log(self.levels)
         loss = -ll.mean()
         self.optimize(optimizers["main"], loss)
-        return {"loss": loss.item(), "bits_per_dim": loss.item() / (self.config.dim * math.log(2))}
+        return {"loss": loss.detach(), "bits_per_dim": loss.detach() / (self.config.dim * math.log(2))}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

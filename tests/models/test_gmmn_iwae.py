@@ -177,6 +177,10 @@ def sharpen(model: VAE) -> VAE:
             p.mul_(3.0)
         if model.config.data_kind == "points":  # images get their scales from the decoder; Bernoulli has none
             model.log_scale.fill_(-2.5)
+        if model.config.data_kind == "image":  # the decoder's log-scale outputs (the last third): fixed at -2.5
+            last, scales = model.decoder[-1], slice(2 * model.config.mixture * model.config.dim, None)
+            last.weight[scales] = 0.0
+            last.bias[scales] = -2.5
     return model
 
 

@@ -176,11 +176,15 @@ def test_recipe_kinds():
 
 def test_recipes_resolve_in_order_and_every_recipe_builds():
     params = load_params(ROOT / "params.yaml")
+    data_of = {"points": ([2], "points"), "binary": ([1, 28, 28], "binary"), "small_image": ([1, 8, 8], "image"),
+               "grey_image": ([1, 28, 28], "image"), "color_image": ([3, 28, 28], "image")}
     for family, kinds in params.recipes.items():
         for kind in kinds:
             for preset in params.train:
                 recipe = params.resolve(family, kind, preset)
-                models.get_family(family).Config.from_dict({"data_shape": [1], "data_kind": "points", **recipe.model})
+                shape, data_kind = data_of[kind]
+                assert recipe_kind(shape, data_kind) == kind
+                models.get_family(family).Config.from_dict({"data_shape": shape, "data_kind": data_kind, **recipe.model})
     p = Params(datasets=[], prepare={}, evaluators={}, train={"quick": TrainConfig(epochs=3)},
                models={"gan": {"lr": 1.0, "hidden": 8}}, evaluate=params.evaluate,
                recipes={"gan": {"points": {"model": {"lr": 2.0}, "train": {"epochs": 5},

@@ -129,7 +129,8 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
     out["metric_samples"], out["metric_real"] = len(f_fake), len(f_real)
     if any(issubclass(w.category, quality.SmallSampleWarning) for w in caught):
         out["small_sample_warning"] = f"{len(f_fake)} samples / {len(f_real)} real: fewer than 10,000, noisy"
-        print(f"[genzoo] warning: {prepared.name} quality metrics from {len(f_fake)} samples (< 10,000): noisy", flush=True)
+        print(f"[genzoo] warning: {prepared.name} quality metrics from {len(f_fake):,} samples and {len(f_real):,} real "
+              f"images (the protocol: 10,000 of each, the real ones limited by the test split): noisy", flush=True)
     return out
 
 

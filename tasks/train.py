@@ -179,6 +179,7 @@ def train_on_ray(
     capacity = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1.0)
     try:
         with _admission.slot(need, capacity):
+            t0 = time.perf_counter()  # train_seconds: from admission, not counting the wait for a free slot
             result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in TrainingFailedError
         return TrainOutcome(family, dataset, "FAILED", f"training failed: {_root_cause(exc)}", None, [],

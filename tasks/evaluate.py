@@ -116,9 +116,9 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
         if ecfg.fid_network == "inception":  # optional extra ruler: same samples, same real images
             from genzoo import inception
 
-            net = inception.load()
-            fakes = inception.inception_features(evaluator_stage.as_images(samples), net)
-            out["inception_fid"] = quality.frechet_distance(inception.inception_features(real, net), fakes)
+            inception_net = inception.load()
+            fakes = inception.inception_features(images, inception_net)
+            out["inception_fid"] = quality.frechet_distance(inception.inception_features(real, inception_net), fakes)
             out["inception_fid_samples"] = len(fakes)
     if not hasattr(net, "predict_digits"):  # one label per image: how the samples spread over the classes
         from genzoo.baselines import class_shares

@@ -240,3 +240,35 @@ def test_weight_average_averages_batchnorm_statistics_and_copies_other_buffers()
     assert torch.allclose(avg.shadow["1.running_mean"], torch.full((2,), 0.5))  # averaged: 0 -> 0.5
     assert avg.shadow["count"].item() == 7.0  # a running data moment is copied, not averaged
     assert avg.shadow["1.num_batches_tracked"].item() == net[1].num_batches_tracked.item()
+
+
+def _recipes() -> list[tuple[str, str]]:
+    params = load_params(ROOT / "params.yaml")
+    return [(family, kind) for family, kinds in params.recipes.items() for kind in kinds]
+
+
+@pytest.mark.parametrize("family,kind", _recipes())
+def test_every_recipe_trains_on_tiny_data(family, kind):
+    """Each recipe, at the smoke budget, builds and trains a few steps on tiny data of its kind."""
+    shape, data_kind = {"points": ([2], "points"), "binary": ([1, 8, 8], "binary"),
+                        "small_image": ([1, 8, 8], "image"), "grey_image": ([1, 20, 20], "image"),
+                        "color_image": ([3, 20, 20], "image")}[kind]
+    assert recipe_kind(shape, data_kind) == kind
+    recipe = load_params(ROOT / "params.yaml").resolve(family, kind, "smoke",
+                                                       {"steps_per_epoch": 2, "epochs": 1, "batch_size": 16})
+    levels = 17 if data_kind == "image" else 2
+    config = {**recipe.model, "data_shape": shape, "data_kind": data_kind}
+    if data_kind == "image":
+        config["levels"] = levels
+    g = torch.Generator().manual_seed(0)
+    if data_kind == "points":
+        x = torch.randn(64, *shape, generator=g)
+    elif data_kind == "binary":
+        x = torch.bernoulli(torch.full((64, *shape), 0.3), generator=g)
+    else:
+        x = torch.randint(0, levels, (64, *shape), generator=g).float() / (levels - 1)
+    torch.manual_seed(0)
+    model = models.build(family, config)
+    history = fit(model, x, recipe.train, log=lambda m: None)
+    assert len(history) == 1 and all(math.isfinite(v) for v in history[0].values())
+    assert model.sample(4, torch.Generator().manual_seed(1)).shape == (4, *shape)

@@ -26,18 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _overrides(items: list[str]) -> tuple[dict, dict]:
-    import yaml
-
-    train, model = {}, {}
-    for item in items:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        # train.KEY -> train[KEY]; <family>.KEY -> model[<family>][KEY] (main() takes model[family])
-        (train if section == "train" else model.setdefault(section, {}))[name] = yaml.safe_load(value)
-    return train, model
-
-
 def prepared_folder(dataset: str) -> Path:
     """data/prepared/<dataset>, prepared here when the pipeline has not done it yet."""
     import data
@@ -144,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     params = load_params(ROOT / "params.yaml")
     prepared = data.load(prepared_folder(args.dataset))
-    train_over, model_over = _overrides(args.set)
+    from genzoo.cli import _overrides  # the CLI's own --set parser: train.*, evaluate.*, <family>.*
+
+    train_over, _, model_over = _overrides(args.set)
     kind = recipe_kind(list(prepared.shape), prepared.kind)
     recipe = params.resolve(args.family, kind, args.preset, train_over, model_over.get(args.family))
     mcfg = {**recipe.model, "data_shape": list(prepared.shape), "data_kind": prepared.kind}

@@ -152,16 +152,8 @@ def _run(params, train_cfg, model_cfgs, prepared, families, preset, register_mod
             register_evaluator(str(root), name, str(folder))
 
     for name, folder in prepared.items():  # while the trainings run: each dataset's trivial baseline
-        manifest = manifests[name]
-        run_id = tracking.start_run(root, f"baseline-{name}", parent_id=parent, tags={
-            "genzoo.family": "baseline", "genzoo.dataset": name, "genzoo.data_hash": manifest["hash"],
-            "genzoo.branch": "trivial baseline (independent marginals)"})
-        try:
-            evaluate_baseline(name, folder, sample_count(manifest, params.evaluate), params.evaluate.to_dict(), run_id,
-                              None if evaluators[name] is None else str(evaluators[name]))
-            tracking.end_run(run_id)
-        except Exception as exc:  # a baseline is a reference, never a reason to stop the flow
-            tracking.end_run(run_id, "FAILED", f"baseline failed: {exc}")
+        evaluate_baseline(str(root), parent, name, folder, sample_count(manifests[name], params.evaluate),
+                          params.evaluate.to_dict(), None if evaluators[name] is None else str(evaluators[name]))
 
     rows = []
     for family, name, fut in futures:

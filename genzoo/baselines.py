@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 NAME = "baseline"  # the `family` of baseline rows in the report
+BRANCH = "trivial baseline (independent marginals)"  # their `branch`
 METHOD = "exact (independent marginals)"
 
 

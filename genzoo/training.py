@@ -146,6 +146,9 @@ def fit(
             return history
 
     def serving_weights() -> dict[str, torch.Tensor]:
+        """The best weights on validation (when kept), else the moving average, else the live ones."""
+        if keep_best and best["weights"] is not None:
+            return best["weights"]
         return average.shadow if average is not None else model.state_dict()
 
     stopped = False
@@ -181,8 +184,9 @@ def fit(
             if live is not None:
                 model.load_state_dict(live)
             if epoch_metrics["val_nll"] < best["nll"]:
+                current = average.shadow if average is not None else model.state_dict()
                 best = {"nll": epoch_metrics["val_nll"], "epoch": epoch + 1,
-                        "weights": {k: v.detach().clone() for k, v in serving_weights().items()} if keep_best else None}
+                        "weights": {k: v.detach().clone() for k, v in current.items()} if keep_best else None}
             elif cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
                 stopped = True
         epoch_metrics["epoch_seconds"] = time.perf_counter() - t0
@@ -193,19 +197,16 @@ def fit(
             if stopped:
                 log(f"{model.name}: no better validation NLL for {cfg.patience} epochs, stopping early; "
                     f"keeping epoch {best['epoch']} (val_nll={best['nll']:.4g})")
-        serve = best["weights"] if keep_best and best["weights"] is not None else serving_weights()
         if on_epoch_end is not None:
             extra = {"schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                      "ema": average.shadow if average is not None else None, "best": best,
                      "stopped_early": stopped, "finished": stopped or epoch + 1 == cfg.epochs}
             on_epoch_end(epoch + 1, epoch_metrics,
-                         training_state(model, optimizers, epoch + 1, history, resumed_from, serve=serve, extra=extra))
+                         training_state(model, optimizers, epoch + 1, history, resumed_from, serve=serving_weights(),
+                                        extra=extra))
         if stopped:
             break
-    if keep_best and best["weights"] is not None:
-        model.load_state_dict(best["weights"])
-    elif average is not None:
-        model.load_state_dict(average.shadow)
+    model.load_state_dict(serving_weights())
     return history
 
 

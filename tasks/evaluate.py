@@ -200,15 +200,26 @@ def evaluate(model_path: str, dataset: str, prepared_dir: str, samples_path: str
 
 
 @task(name="baseline")
-def evaluate_baseline(dataset: str, prepared_dir: str, n: int, cfg: dict, run_id: str,
+def evaluate_baseline(root: str, parent_run_id: str, dataset: str, prepared_dir: str, n: int, cfg: dict,
                       evaluator_dir: str | None = None) -> dict:
-    """The dataset's trivial baseline (genzoo/baselines.py), measured like a family, logged to `run_id`."""
-    from genzoo.baselines import FactorisedBaseline
+    """The dataset's trivial baseline (genzoo/baselines.py), measured like a family, in a child run of
+    its own that this task opens and closes. A baseline is a reference, never a reason to stop the flow:
+    an error marks its run FAILED and returns {}."""
+    from genzoo import baselines
+    from tasks import tracking
 
     ecfg = EvalConfig(**cfg)
     prepared = data.load(prepared_dir)
-    model = FactorisedBaseline(prepared.tensor("train"), prepared.kind, prepared.levels)
-    samples = model.sample(n, torch.Generator().manual_seed(ecfg.seed)).numpy()
-    out = measure(model, dataset, prepared, samples, ecfg, evaluator_dir)
-    _log(run_id, out, len(samples), ecfg, prepared)
+    run_id = tracking.start_run(Path(root), f"{baselines.NAME}-{dataset}", parent_id=parent_run_id, tags={
+        "genzoo.family": baselines.NAME, "genzoo.dataset": dataset, "genzoo.data_hash": prepared.manifest["hash"],
+        "genzoo.branch": baselines.BRANCH})
+    try:
+        model = baselines.FactorisedBaseline(prepared.tensor("train"), prepared.kind, prepared.levels)
+        samples = model.sample(n, torch.Generator().manual_seed(ecfg.seed)).numpy()
+        out = measure(model, dataset, prepared, samples, ecfg, evaluator_dir)
+        _log(run_id, out, len(samples), ecfg, prepared)
+    except Exception as exc:
+        tracking.end_run(run_id, "FAILED", f"baseline failed: {exc}")
+        return {}
+    tracking.end_run(run_id)
     return out

@@ -16,19 +16,18 @@ folders: replacing a raw file alone does not make `dvc repro` re-prepare it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from genzoo.config import Preset
 from prefect import flow
 
+from tasks.schema import PipelineResult
 from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, pipeline
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(
     families: list[str] = DEFAULT_FAMILIES,
     datasets: list[str] = DEFAULT_DATASETS,
     preset: Preset = "quick",
-) -> dict[str, Any]:
+) -> PipelineResult:
     """Re-prepare the data through DVC, retrain `families` on `datasets`, register and promote."""
     return pipeline(families=families, datasets=datasets, preset=preset)

@@ -7,15 +7,14 @@ for a family, a dataset and a budget, and the result is registered as
 
 from __future__ import annotations
 
-from typing import Any
-
 from genzoo.config import Preset
 from prefect import flow
 
+from tasks.schema import PipelineResult
 from flows.pipeline import pipeline
 
 
-@flow(name="train", log_prints=True)
-def train(family: str, dataset: str, preset: Preset = "quick") -> dict[str, Any]:
+@flow(name="train")
+def train(family: str, dataset: str, preset: Preset = "quick") -> PipelineResult:
     """Train, evaluate and register `family` on `dataset` with the `preset` budget."""
     return pipeline(families=[family], datasets=[dataset], preset=preset)

@@ -62,15 +62,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             train_over[key] = getattr(args, key)
     if args.use_gpu:
         train_over["use_gpu"] = args.use_gpu
-    from flows.pipeline import plan
+    from tasks.plan import PipelineRequest, plan
 
-    plan(families, datasets, args.preset, configure(), train_over, model_over, eval_over)  # fail fast, before services start
+    root = configure()
+    plan(PipelineRequest(families, datasets, args.preset, train_over, model_over, eval_over), root)  # fail fast
+    from genzoo import startup
+
+    startup.warm_up()  # Prefect's API server and Ray start side by side
     result = pipeline(families=families, datasets=datasets, preset=args.preset, train_overrides=train_over or None,
                       model_overrides=model_over or None, register_models=not args.no_register,
                       reuse_trainings=not args.retrain, evaluate_overrides=eval_over or None)
-    print(f"report: {result['report']}")
-    failed = [r for r in result["rows"] if r["status"] != "FINISHED"]
-    return 1 if failed else 0
+    print("\n" + Path(result.report).read_text())
+    print(f"report: {result.report} (and {Path(result.report).with_suffix('.html').name}); logs: {startup.log_dir()}")
+    return 1 if result.failed else 0
 
 
 def parse_model_uri(ref: str) -> str:

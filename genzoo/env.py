@@ -28,6 +28,10 @@ QUIET = {
     # more than Prefect's default 20 s: wait for it rather than fail the flow.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "DVC_NO_ANALYTICS": "1",
+    # The terminal shows genzoo's progress and warnings; Prefect's task-state lines still reach its
+    # API (the UI), MLflow's and SQLAlchemy's INFO lines go nowhere.
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     "GIT_PYTHON_REFRESH": "quiet",
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -51,8 +55,20 @@ def configure(root: Path | None = None) -> Path:
         os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "site-cache"))
     os.environ.setdefault("MPLCONFIGDIR", str(root / ".cache" / "matplotlib"))
+    quiet_loggers()
     # DVC stages call `genzoo prepare`: make this interpreter's scripts folder come first on PATH.
     bindir = str(Path(sys.executable).parent)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     return root
+
+
+def quiet_loggers() -> None:
+    """Library INFO chatter off the terminal; warnings that matter stay."""
+    import logging
+    import warnings
+
+    for name in ("mlflow", "alembic", "sqlalchemy", "ray", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # genzoo.quality's small-sample notices: the evaluation states them once per model, as a warning line.
+    warnings.filterwarnings("ignore", message=".* computed on .* fewer than the .* its reference protocol uses")

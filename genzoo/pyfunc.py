@@ -6,9 +6,9 @@ returns an array of shape (n, *data_shape). The weights travel as the artifact
 "weights" (a weights-only torch file), so no Python object is pickled.
 """
 
-import warnings
-
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -19,7 +19,9 @@ class GenzooSampler(PythonModel):
         self.model = models.load(context.artifacts["weights"])
         self.model.eval()
 
-    def predict(self, context, model_input, params=None):
+    # The hint names what `mlflow models serve` passes (a dict works too); MLflow infers nothing from
+    # it, and the logged signature (n, seed) -> samples stays the contract.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         import torch
 
         if hasattr(model_input, "to_dict"):  # DataFrame
@@ -33,7 +35,4 @@ class GenzooSampler(PythonModel):
         return self.model.sample(n, torch.Generator().manual_seed(seed)).numpy()
 
 
-with warnings.catch_warnings():
-    # MLflow asks for type hints on predict; the logged signature (n, seed) -> samples is explicit instead.
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-    mlflow.models.set_model(GenzooSampler())
+mlflow.models.set_model(GenzooSampler())

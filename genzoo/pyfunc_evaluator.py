@@ -2,9 +2,9 @@
 probabilities (n, classes), or (n, C, classes) for a per-channel evaluator (stacked-mnist: the digit
 of each channel). Registered as `evaluator-<dataset>`; logged "from code" like genzoo.pyfunc."""
 
-import warnings
 
 import mlflow
+import numpy as np
 from mlflow.pyfunc import PythonModel
 
 
@@ -16,14 +16,10 @@ class EvaluatorModel(PythonModel):
 
         self.net, self.meta = evaluator_stage.load(Path(context.artifacts["evaluator"]))
 
-    def predict(self, context, model_input, params=None):
-        import numpy as np
-
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:  # images (n, C, H, W)
         from genzoo.evaluator import predict_logits
 
         return predict_logits(self.net, np.asarray(model_input, dtype=np.float32)).softmax(-1).numpy()
 
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-    mlflow.models.set_model(EvaluatorModel())
+mlflow.models.set_model(EvaluatorModel())

@@ -241,13 +241,13 @@ TABLES = {t.name: t for t in (BINARIZED_MNIST, PARZEN_MNIST, MODE_COLLAPSE)}
 
 def check(table: Table, budget: str, root: Path) -> None:
     """Every trained row's settings pass the pipeline's checks before anything runs."""
-    from flows.pipeline import plan
+    from tasks.plan import PipelineRequest, plan
 
     for e in table.entries:
         if e.family:
             model, train, evaluate = e.settings(budget)
-            plan([e.family], [table.dataset_of(e)], PRESET_OF_BUDGET.get(budget, budget), root, train, {e.family: model},
-                 {**table.evaluate.get(budget, {}), **evaluate})
+            plan(PipelineRequest([e.family], [table.dataset_of(e)], PRESET_OF_BUDGET.get(budget, budget), train,
+                                 {e.family: model}, {**table.evaluate.get(budget, {}), **evaluate}), root)
 
 
 def select(table: Table, rows: list[str] | None) -> list[Entry]:
@@ -286,14 +286,16 @@ def run(table: Table, budget: str, root: Path, retrain: bool = False, log=print,
                            model_overrides={e.family: model}, evaluate_overrides={**table.evaluate.get(budget, {}),
                                                                                   **evaluate},
                            register_models=False, reuse_trainings=not retrain)
-            row = out["rows"][0] if out["rows"] else {"status": "FAILED", "reason": "no training ran"}
+            from tasks.schema import ModelResult
+
+            row = out.rows[0] if out.rows else ModelResult(e.family, table.dataset_of(e), reason="no training ran")
             results.append({"entry": e.label, "family": e.family, "model": model, "train": train,
                             "evaluate": {**table.evaluate.get(budget, {}), **evaluate},
                             "status": row.get("status"), "reason": row.get("reason", ""),
                             "value": row.get(table.metric), "stderr": row.get(f"{table.metric}_stderr"),
                             "values": {c.key: row.get(c.key) for c in table.columns}, "dataset": table.dataset_of(e),
                             "likelihood_method": row.get("likelihood_method"), "run_id": row.get("run_id"),
-                            "pipeline_run": out["run_name"], "train_seconds": row.get("train_seconds"),
+                            "pipeline_run": out.run_name, "train_seconds": row.get("train_seconds"),
                             "seconds": time.perf_counter() - t0})
     finally:
         if owns_ray:

@@ -1,4 +1,4 @@
-"""Sampling and evaluation of a trained model (runs in the flow's process).
+"""Sampling and evaluation of a trained model (runs in the flow's process, holding one CPU slot).
 
 - sample:   draws samples in batches (up to a time budget, so O(pixels) samplers stay
             affordable), times them, saves them and their picture;
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 import data
 import models
@@ -27,10 +28,19 @@ from genzoo.config import EvalConfig
 from genzoo.metrics import likelihood_summary, mode_histogram_statistics, mode_statistics, stacked_mode_ids
 from genzoo.training import log_likelihoods
 from genzoo.plots import save_samples
-from tasks.tracking import log_metrics, log_params
+from tasks.progress import say
+from tasks.schema import ModelRequest, ModelResult, RunContext, Tag
+from tasks.tracking import TrackedRun, tracked_run
 
 MIXTURES = {"ring8": 0.01, "grid25": 0.05}  # dataset -> default std of the modes
 POINT_SIGMAS = np.logspace(-3, 0.5, 15)  # Parzen grid for 2-D points (modes of std 0.01 to 0.05)
+
+
+def sample_count(manifest: dict, ecfg: EvalConfig) -> int:
+    """Samples drawn for evaluation: the 2-D protocol's or the image protocol's count, and on Stacked
+    MNIST enough to count its 1,000 modes."""
+    n = ecfg.n_samples if len(manifest["shape"]) == 1 else ecfg.n_image_samples
+    return max(n, ecfg.n_mode_samples) if manifest.get("modes") else n
 
 
 def draw(model: models.GenerativeModel, n: int, seed: int, budget_seconds: float, minimum: int) -> tuple[np.ndarray, float]:
@@ -47,25 +57,42 @@ def draw(model: models.GenerativeModel, n: int, seed: int, budget_seconds: float
     return np.concatenate(parts), (time.perf_counter() - t0) / drawn
 
 
-@task(name="sample")
-def sample(model_path: str, dataset: str, n: int, seed: int, budget_seconds: float, out_dir: str, run_id: str) -> dict:
-    """Draw samples with a seed; save them (.npy) and their picture; time the sampler."""
-    model = models.load(model_path)
-    x, per_sample = draw(model, n, seed, budget_seconds, minimum=min(n, 64))
+def sample(model: models.GenerativeModel, req: ModelRequest, ecfg: EvalConfig, out: Path,
+           run: TrackedRun) -> tuple[np.ndarray, dict]:
+    """Draw the protocol's samples with its seed; save them (.npy) and their picture; time the sampler."""
+    x, per_sample = draw(model, req.n_samples, ecfg.seed, ecfg.sample_budget_seconds, minimum=min(req.n_samples, 64))
     if not np.isfinite(x).all():
-        raise ValueError(f"{model.name}-{dataset}: the model produced NaN or infinite samples")
-    out = Path(out_dir)
+        raise ValueError(f"{req.name}: the model produced NaN or infinite samples")
+    out.mkdir(parents=True, exist_ok=True)
     np.save(out / "samples.npy", x)
-    centers = sources.mode_centers(dataset) if dataset in MIXTURES else None
-    picture = save_samples(x if x.ndim == 2 else x[:64], out / "samples.png", centers=centers,
-                           title=f"{model.name}-{dataset}")
-    from tasks.services import client
+    centers = sources.mode_centers(req.dataset) if req.dataset in MIXTURES else None
+    picture = save_samples(x if x.ndim == 2 else x[:64], out / "samples.png", centers=centers, title=req.name)
+    run.artifact(picture)
+    timing = {"sample_seconds_per_sample": per_sample, "samples_per_second": 1 / max(per_sample, 1e-12),
+              "samples_drawn": len(x)}
+    run.metrics(timing)
+    return x, timing
 
-    client().log_artifact(run_id, str(picture))
-    metrics = {"sample_seconds_per_sample": per_sample, "samples_per_second": 1 / max(per_sample, 1e-12),
-               "samples_drawn": len(x)}
-    log_metrics(run_id, metrics)
-    return {"samples": str(out / "samples.npy"), "picture": str(picture), **metrics}
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(req: ModelRequest, ctx: RunContext, run: TrackedRun, model_path: str) -> dict:
+    """Sample and measure a trained model on its dataset's protocol; everything is logged to `run`.
+    Holds one CPU of the cluster's admission while it computes, so it never oversubscribes the
+    machine the trainings share."""
+    from tasks.ray_job import admission, cpu_capacity
+
+    ecfg = EvalConfig(**ctx.evaluate)
+    with admission.slot(1.0, cpu_capacity()):
+        t0 = time.perf_counter()
+        torch.set_num_threads(1)  # the one CPU it holds
+        model = models.load(model_path)
+        prepared = data.load(req.prepared_dir)
+        samples, timing = sample(model, req, ecfg, Path(model_path).parent, run)
+        out = measure(model, req.dataset, prepared, samples, ecfg, ctx.evaluators.get(req.dataset))
+        timing["eval_seconds"] = time.perf_counter() - t0  # sampling included
+    _log(run, out, len(samples), ecfg, prepared)
+    run.metrics({"eval_seconds": timing["eval_seconds"]})
+    return {**out, **timing}
 
 
 def family_likelihood(model: models.GenerativeModel, prepared: data.Prepared, ecfg: EvalConfig) -> dict:
@@ -106,20 +133,20 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
     images = evaluator_stage.as_images(samples)
     f_fake = extract_features(net, images)
     k = min(5, len(f_fake) - 1, len(f_real) - 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", quality.SmallSampleWarning)
+    with warnings.catch_warnings():  # the small-sample case is reported once, below
+        warnings.simplefilter("ignore", quality.SmallSampleWarning)
         out = {"fid": quality.frechet_distance(f_real, f_fake),
                **quality.kernel_inception_distance(f_real, f_fake, subsets=50,
                                                    subset_size=min(1000, len(f_fake), len(f_real)), seed=ecfg.seed),
                **quality.precision_recall(f_real, f_fake, k=min(3, k)),
                **quality.density_coverage(f_real, f_fake, k=k)}
-        if ecfg.fid_network == "inception":  # optional extra ruler: same samples, same real images
-            from genzoo import inception
+    if ecfg.fid_network == "inception":  # optional extra ruler: same samples, same real images
+        from genzoo import inception
 
-            inception_net = inception.load()
-            fakes = inception.inception_features(images, inception_net)
-            out["inception_fid"] = quality.frechet_distance(inception.inception_features(real, inception_net), fakes)
-            out["inception_fid_samples"] = len(fakes)
+        inception_net = inception.load()
+        fakes = inception.inception_features(images, inception_net)
+        out["inception_fid"] = quality.frechet_distance(inception.inception_features(real, inception_net), fakes)
+        out["inception_fid_samples"] = len(fakes)
     if not hasattr(net, "predict_digits"):  # one label per image: how the samples spread over the classes
         from genzoo.baselines import class_shares
         from genzoo.evaluator import predict_logits
@@ -127,10 +154,10 @@ def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
         out.update(class_shares(predict_logits(net, images).argmax(-1).numpy(), net.config.num_classes))
     out["evaluator_test_accuracy"] = meta["test_accuracy"]
     out["metric_samples"], out["metric_real"] = len(f_fake), len(f_real)
-    if any(issubclass(w.category, quality.SmallSampleWarning) for w in caught):
+    if min(len(f_fake), len(f_real)) < quality.MIN_RECOMMENDED_SAMPLES:
         out["small_sample_warning"] = f"{len(f_fake)} samples / {len(f_real)} real: fewer than 10,000, noisy"
-        print(f"[genzoo] warning: {prepared.name} quality metrics from {len(f_fake):,} samples and {len(f_real):,} real "
-              f"images (the protocol: 10,000 of each, the real ones limited by the test split): noisy", flush=True)
+        say(f"warning: {prepared.name} quality metrics from {len(f_fake):,} samples and {len(f_real):,} real "
+              f"images (the protocol: 10,000 of each, the real ones limited by the test split): noisy")
     return out
 
 
@@ -153,8 +180,8 @@ def stacked_modes(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: s
     out = {**mode_histogram_statistics(stacked_mode_ids(digits, classes), num_modes), "mode_samples": len(samples)}
     if len(samples) < ecfg.n_mode_samples:
         out["mode_sample_warning"] = f"{len(samples)} samples: fewer than {ecfg.n_mode_samples:,} (the protocol's count)"
-        print(f"[genzoo] warning: {prepared.name} mode statistics from {len(samples)} samples "
-              f"(< {ecfg.n_mode_samples:,}): modes captured is biased low", flush=True)
+        say(f"warning: {prepared.name} mode statistics from {len(samples)} samples "
+            f"(< {ecfg.n_mode_samples:,}): modes captured is biased low")
     return out
 
 
@@ -178,9 +205,9 @@ def measure(model, dataset: str, prepared: data.Prepared, samples: np.ndarray, e
     return out
 
 
-def _log(run_id: str, out: dict, n_samples: int, ecfg: EvalConfig, prepared: data.Prepared) -> None:
-    log_metrics(run_id, {f"eval.{k}": v for k, v in out.items() if isinstance(v, (int, float))})
-    log_params(run_id, {
+def _log(run: TrackedRun, out: dict, n_samples: int, ecfg: EvalConfig, prepared: data.Prepared) -> None:
+    run.metrics({f"eval.{k}": v for k, v in out.items() if isinstance(v, (int, float))})
+    run.params({
         "eval.n_samples": str(n_samples), "eval.likelihood_examples": str(ecfg.likelihood_examples),
         "eval.parzen_examples": str(ecfg.parzen_examples), "eval.binarization":
             prepared.manifest["params"].get("binarization", "n/a") if prepared.kind == "binary" else "n/a",
@@ -188,38 +215,31 @@ def _log(run_id: str, out: dict, n_samples: int, ecfg: EvalConfig, prepared: dat
     })
 
 
-@task(name="evaluate")
-def evaluate(model_path: str, dataset: str, prepared_dir: str, samples_path: str, cfg: dict, run_id: str,
-             evaluator_dir: str | None = None) -> dict:
-    ecfg = EvalConfig(**cfg)
-    prepared = data.load(prepared_dir)
-    samples = np.load(samples_path)
-    out = measure(models.load(model_path), dataset, prepared, samples, ecfg, evaluator_dir)
-    _log(run_id, out, len(samples), ecfg, prepared)
-    return out
-
-
-@task(name="baseline")
-def evaluate_baseline(root: str, parent_run_id: str, dataset: str, prepared_dir: str, n: int, cfg: dict,
-                      evaluator_dir: str | None = None) -> dict:
-    """The dataset's trivial baseline (genzoo/baselines.py), measured like a family, in a child run of
-    its own that this task opens and closes. A baseline is a reference, never a reason to stop the flow:
-    an error marks its run FAILED and returns {}."""
+@task(name="baseline", cache_policy=NO_CACHE)
+def evaluate_baseline(ctx: RunContext, dataset: str, prepared_dir: str) -> ModelResult:
+    """The dataset's trivial baseline (genzoo/baselines.py), measured like a family, in a child run
+    this task owns. A baseline is a reference, never a reason to stop the flow: an error marks its
+    run FAILED and the row says why."""
     from genzoo import baselines
-    from tasks import tracking
+    from tasks.ray_job import admission, cpu_capacity
 
-    ecfg = EvalConfig(**cfg)
+    ecfg = EvalConfig(**ctx.evaluate)
     prepared = data.load(prepared_dir)
-    run_id = tracking.start_run(Path(root), f"{baselines.NAME}-{dataset}", parent_id=parent_run_id, tags={
-        "genzoo.family": baselines.NAME, "genzoo.dataset": dataset, "genzoo.data_hash": prepared.manifest["hash"],
-        "genzoo.branch": baselines.BRANCH})
-    try:
-        model = baselines.FactorisedBaseline(prepared.tensor("train"), prepared.kind, prepared.levels)
-        samples = model.sample(n, torch.Generator().manual_seed(ecfg.seed)).numpy()
-        out = measure(model, dataset, prepared, samples, ecfg, evaluator_dir)
-        _log(run_id, out, len(samples), ecfg, prepared)
-    except Exception as exc:
-        tracking.end_run(run_id, "FAILED", f"baseline failed: {exc}")
-        return {}
-    tracking.end_run(run_id)
-    return out
+    result = ModelResult(baselines.NAME, dataset, branch=baselines.BRANCH)
+    tags = {Tag.FAMILY: baselines.NAME, Tag.DATASET: dataset, Tag.DATA_HASH: prepared.manifest["hash"],
+            Tag.BRANCH: baselines.BRANCH}
+    with tracked_run(ctx.root, f"{baselines.NAME}-{dataset}", tags, ctx.parent_run_id) as run:
+        result.run_id = run.run_id
+        try:
+            with admission.slot(1.0, cpu_capacity()):
+                torch.set_num_threads(1)
+                model = baselines.FactorisedBaseline(prepared.tensor("train"), prepared.kind, prepared.levels)
+                n = sample_count(prepared.manifest, ecfg)
+                samples = model.sample(n, torch.Generator().manual_seed(ecfg.seed)).numpy()
+                result.metrics = measure(model, dataset, prepared, samples, ecfg, ctx.evaluators.get(dataset))
+            _log(run, result.metrics, len(samples), ecfg, prepared)
+            result.status = "FINISHED"
+        except Exception as exc:
+            result.reason = f"baseline failed: {exc}"
+            run.fail(result.reason)
+    return result

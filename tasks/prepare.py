@@ -13,6 +13,7 @@ from prefect import task
 import data
 from data.errors import DataError
 from genzoo.config import load_params
+from tasks.progress import say
 
 PREPARED = Path("data") / "prepared"
 EVALUATORS = Path("data") / "evaluators"
@@ -38,7 +39,7 @@ def dvc(root: Path, *args: str, lock_wait_seconds: float = 1800) -> str:
         if time.monotonic() > deadline:
             raise DataError(f"another process has held DVC's lock in {root} for over {lock_wait_seconds:.0f} s")
         if not waited:
-            print(f"[genzoo] waiting for another run's DVC stage in {root} (dvc {' '.join(args)})", flush=True)
+            say(f"{'data':<20} waiting for another run's DVC stage in {root} (dvc {' '.join(args)})")
             waited = True
         time.sleep(2)
     if proc.returncode != 0:
@@ -63,8 +64,15 @@ def prepare_datasets(specs: list[str], root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     if builtin:
         stages = [f"prepare@{s}" for s in builtin] + [f"evaluator@{s}" for s in builtin if s in params.evaluators]
-        print(f"[genzoo] dvc repro {' '.join(stages)}", flush=True)
-        print(dvc(root_path, "repro", *stages).strip(), flush=True)
+        say(f"{'data':<20} dvc repro {' '.join(stages)}")
+        output = dvc(root_path, "repro", *stages)
+        log = root_path / "logs" / "dvc.log"  # the stages' whole output; the terminal gets their results
+        log.parent.mkdir(exist_ok=True)
+        with open(log, "a") as f:
+            f.write(output)
+        for line in output.splitlines():
+            if line.startswith(("prepared ", "evaluator ")):
+                say(f"{'data':<20} {line}")
         out.update({s: str(root_path / PREPARED / s) for s in builtin})
     for spec in specs:
         if data.is_builtin(spec):

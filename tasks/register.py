@@ -6,6 +6,10 @@ import warnings
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.schema import ModelRequest, RunContext, Tag
+from tasks.tracking import TrackedRun, client
 
 import genzoo.pyfunc
 
@@ -42,17 +46,30 @@ def log_pyfunc(run_id: str, weights: str, data_shape: list[int]):
         )
 
 
-@task(name="register")
 def register(run_id: str, weights: str, name: str, data_shape: list[int], tags: dict[str, str]) -> str:
-    """Returns the new registered version."""
+    """Log the servable model to the run and register it; returns the new version."""
     import mlflow
 
     from tasks.services import client
 
     info = log_pyfunc(run_id, weights, data_shape)
     version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client().set_tag(run_id, "genzoo.registered_model", f"{name}/{version.version}")
+    client().set_tag(run_id, Tag.REGISTERED, f"{name}/{version.version}")
     return str(version.version)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_and_promote(req: ModelRequest, run: TrackedRun, model_path: str, metrics: dict) -> dict[str, str]:
+    """Register `<family>-<dataset>` and decide champion or challenger on the test metrics.
+    Returns {registered: NAME/VERSION, decision, reason}."""
+    from tasks.promote import promote
+    from tasks.services import client
+
+    name = req.name
+    version = register(run.run_id, model_path, name, req.manifest["shape"],
+                       {"data_hash": req.manifest["hash"], "family": req.family, "dataset": req.dataset})
+    decision = promote(client(), name, version, metrics, metrics["likelihood_kind"])
+    return {"registered": f"{name}/{version}", **decision}
 
 
 @task(name="register-evaluator", retries=2, retry_delay_seconds=2)
@@ -65,8 +82,6 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
 
     import genzoo.pyfunc_evaluator
     from tasks import tracking
-    from tasks.services import client
-
     weights = Path(folder) / "evaluator.pt"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     name = f"evaluator-{dataset}"
@@ -74,15 +89,22 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
         if v.tags.get("weights_sha256") == digest:
             return str(v.version)
     metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    run_id = tracking.start_run(Path(root), name, tags={"genzoo.dataset": dataset, "genzoo.kind": "evaluator"})
-    tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if isinstance(v, float)})
-    tracking.log_params(run_id, {"source": metrics["source"], "binarized": str(metrics["binarized"]),
-                                 "per_channel": str(metrics.get("per_channel", 0)), "data_hash": metrics["data_hash"]})
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
-        info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.pyfunc_evaluator.__file__,
-                                       artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
-    tracking.end_run(run_id)
+    with tracking.tracked_run(root, name, {Tag.DATASET: dataset, "genzoo.kind": "evaluator"}) as run:
+        run.metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+        run.params({"source": metrics["source"], "binarized": str(metrics["binarized"]),
+                    "per_channel": str(metrics.get("per_channel", 0)), "data_hash": metrics["data_hash"]})
+        with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
+            info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.pyfunc_evaluator.__file__,
+                                           artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
     version = mlflow.register_model(info.model_uri, name, tags={"weights_sha256": digest,
                                                                 "test_accuracy": f"{metrics['test_accuracy']:.4f}"})
     return str(version.version)
+
+
+def register_evaluators(ctx: RunContext, prepared: dict[str, str]) -> None:
+    """Each image dataset's evaluator network, registered once per trained version."""
+    if ctx.register:
+        for name in prepared:
+            if ctx.evaluators.get(name):
+                register_evaluator(ctx.root, name, ctx.evaluators[name])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.schema import ModelResult, Tag
+
 COLUMNS = [  # (header, row key)
     ("branch", "branch"), ("family", "family"), ("dataset", "dataset"), ("status", "status"),
     ("likelihood", "likelihood_method"), ("test NLL (nats)", "test_nll"), ("bits/dim", "test_bits_per_dim"),
@@ -25,7 +27,7 @@ COLUMNS = [  # (header, row key)
 OPTIONAL = {"inception_fid"}  # shown only when some row has it (evaluate.fid_network: inception)
 
 
-def columns(rows: list[dict]) -> list[tuple[str, str]]:
+def columns(rows: list[ModelResult]) -> list[tuple[str, str]]:
     return [(h, k) for h, k in COLUMNS if k not in OPTIONAL or any(r.get(k) is not None for r in rows)]
 
 
@@ -37,7 +39,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[dict], list[str]]:
+def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[ModelResult], list[str]]:
     """(parent info, one row per child run in taxonomy order, skipped pairings)."""
     from genzoo import baselines
     from models import FAMILIES
@@ -47,45 +49,26 @@ def rows_from_mlflow(parent_run_id: str) -> tuple[dict, list[dict], list[str]]:
     parent = c.get_run(parent_run_id)
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                              max_results=1000)
-    rows = []
-    for ch in children:
-        tags, metrics, params = ch.data.tags, ch.data.metrics, ch.data.params
-        row = {"family": tags.get("genzoo.family"), "dataset": tags.get("genzoo.dataset"),
-               "branch": tags.get("genzoo.branch", ""), "status": ch.info.status,
-               "reason": tags.get("genzoo.failure_reason", ""), "registered": tags.get("genzoo.registered_model"),
-               "run_id": ch.info.run_id, "likelihood_method": params.get("eval.likelihood_method")}
-        row.update({k[len("eval."):]: v for k, v in metrics.items() if k.startswith("eval.")})
-        for key in ("train_seconds", "sample_seconds_per_sample", "samples_drawn"):
-            if key in metrics:
-                row[key] = metrics[key]
-        if "modes_captured" in row:
-            row["modes"] = f"{int(row['modes_captured'])}/{int(row['modes_total'])}"
-        if "sample_seconds_per_sample" in row:
-            row["ms_per_sample"] = 1000 * row["sample_seconds_per_sample"]
-        if row["likelihood_method"] == "none":
-            row["likelihood_method"] = None
-        rows.append(row)
+    rows = [ModelResult.from_mlflow(ch) for ch in children]
     order = {name: i for i, name in enumerate(FAMILIES)} | {baselines.NAME: -1}
-    rows.sort(key=lambda r: (r["dataset"] or "", order.get(r["family"], 99)))
-    reference = {r["dataset"]: r for r in rows if r["family"] == baselines.NAME and r["status"] == "FINISHED"}
+    rows.sort(key=lambda r: (r.dataset, order.get(r.family, 99)))
+    reference = {r.dataset: r for r in rows if r.family == baselines.NAME and r.ok}
     for r in rows:
-        if "classes_hit" in r:
-            r["classes"] = f"{int(r['classes_hit'])}/{int(r['classes_total'])}"
-        if r["family"] != baselines.NAME and r["dataset"] in reference and r["status"] == "FINISHED":
-            verdict = baselines.beats_baseline(r, reference[r["dataset"]])
-            r["beats_baseline"] = None if verdict is None else ("yes" if verdict else "NO")
-    skipped = json.loads(parent.data.tags.get("genzoo.skipped", "[]"))
+        if r.family != baselines.NAME and r.dataset in reference and r.ok:
+            verdict = baselines.beats_baseline(r.metrics, reference[r.dataset].metrics)
+            r.metrics["beats_baseline"] = None if verdict is None else ("yes" if verdict else "NO")
+    skipped = json.loads(parent.data.tags.get(Tag.SKIPPED, "[]"))
     info = {"run_id": parent_run_id, "name": parent.info.run_name, "preset": parent.data.params.get("preset", "")}
     return info, rows, skipped
 
 
-def markdown(info: dict, rows: list[dict], skipped: list[str]) -> str:
+def markdown(info: dict, rows: list[ModelResult], skipped: list[str]) -> str:
     lines = [f"# genzoo comparison: {info['name']} ({info['preset']})", "",
              "| " + " | ".join(h for h, _ in columns(rows)) + " |", "|" + "---|" * len(columns(rows))]
     lines += ["| " + " | ".join(_fmt(r.get(k)) for _, k in columns(rows)) + " |" for r in rows]
-    failed = [r for r in rows if r["status"] != "FINISHED"]
+    failed = [r for r in rows if not r.ok]
     if failed:
-        lines += ["", "Failed trainings:"] + [f"- {r['family']}-{r['dataset']}: {r['reason']}" for r in failed]
+        lines += ["", "Failed trainings:"] + [f"- {r.name}: {r.reason}" for r in failed]
     if skipped:
         lines += ["", "Skipped pairings:"] + [f"- {s}" for s in skipped]
     lines += ["", "Protocols: test NLL is the family's own likelihood (exact, bound or estimate, see `likelihood`) "
@@ -97,7 +80,7 @@ def markdown(info: dict, rows: list[dict], skipped: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(info: dict, rows: list[dict], skipped: list[str], pictures: dict[str, bytes]) -> str:
+def html_page(info: dict, rows: list[ModelResult], skipped: list[str], pictures: dict[str, bytes]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in columns(rows))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for _, k in columns(rows)) + "</tr>"
                    for r in rows)
@@ -143,26 +126,25 @@ def write_report(parent_run_id: str, reports_dir: Path) -> Path:
     pictures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
-            if r["status"] == "FINISHED":
+            if r.ok:
                 try:
-                    pictures[f"{r['family']}-{r['dataset']}"] = Path(
-                        c.download_artifacts(r["run_id"], "samples.png", tmp)).read_bytes()
+                    pictures[r.name] = Path(c.download_artifacts(r.run_id, "samples.png", tmp)).read_bytes()
                 except Exception:  # a run without a picture (e.g. failed before sampling)
                     pass
     text = markdown(info, rows, skipped)
     (out / "comparison.md").write_text(text)
     (out / "comparison.html").write_text(html_page(info, rows, skipped, pictures))
-    (out / "comparison.json").write_text(json.dumps({"run": info, "rows": rows, "skipped": skipped}, indent=2) + "\n")
-    numbers = {f"{r['family']}-{r['dataset']}": {k: v for k, v in r.items()
-                                                   if isinstance(v, (int, float)) and math.isfinite(v)}
-               for r in rows}
+    table = [r.to_dict() for r in rows]
+    (out / "comparison.json").write_text(json.dumps({"run": info, "rows": table, "skipped": skipped}, indent=2) + "\n")
+    numbers = {f"{r['family']}-{r['dataset']}": {k: v for k, v in r.items() if isinstance(v, (int, float))
+                                                   and not isinstance(v, bool) and math.isfinite(v)}
+               for r in table}
     (out / "metrics.json").write_text(json.dumps(numbers, indent=2, sort_keys=True) + "\n")
     # the latest report at fixed paths: what dvc.yaml declares as metrics
     for name in ("comparison.md", "comparison.html", "metrics.json"):
         (Path(reports_dir) / name).write_text((out / name).read_text())
     for name in ("comparison.md", "comparison.html", "comparison.json", "metrics.json"):
         c.log_artifact(parent_run_id, str(out / name))
-    print("\n" + text, flush=True)
     return out / "comparison.md"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -19,12 +20,28 @@ def ensure_ray() -> bool:
         if ray.is_initialized():
             return False
         address = os.environ.get("RAY_ADDRESS") or None
-        kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+        # Worker output goes to Ray's log files, not this terminal: the progress display says what
+        # trains (tasks/progress.py) and genzoo.startup.log_dir() names where the logs are.
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
             # Keep the object store modest: the datasets here are small and /dev/shm is shared.
             kwargs["object_store_memory"] = int(os.environ.get("GENZOO_RAY_OBJECT_STORE_BYTES", 1_000_000_000))
         ray.init(address=address, **kwargs)
         return True
+
+
+@contextlib.contextmanager
+def ray_session():
+    """Ray for the `with` block: the cluster already connected, RAY_ADDRESS's, or a local one this
+    block starts and stops."""
+    owns = ensure_ray()
+    try:
+        yield
+    finally:
+        if owns:
+            import ray
+
+            ray.shutdown()
 
 
 def cluster_has_gpus() -> bool:

@@ -1,10 +1,17 @@
-"""MLflow bookkeeping through the thread-safe client API (tasks run in parallel threads)."""
+"""MLflow bookkeeping through the thread-safe client API (tasks run in parallel threads).
+
+`tracked_run` is the one way a run is opened: the code that opens it owns it until it ends,
+FINISHED, FAILED with a reason, or KILLED when the process is interrupted (Ctrl-C, a cancel).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from tasks.schema import Tag
 
 from tasks.services import client, experiment_id
 
@@ -57,5 +64,45 @@ def log_history(run_id: str, history: list[dict[str, float]]) -> None:
 def end_run(run_id: str, status: str = "FINISHED", reason: str = "") -> None:
     c = client()
     if reason:
-        c.set_tag(run_id, "genzoo.failure_reason", reason[:5000])
+        c.set_tag(run_id, Tag.FAILURE, reason[:5000])
     c.set_terminated(run_id, status=status)
+
+
+class TrackedRun:
+    """An open MLflow run; `fail` decides how it will end."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.status, self.reason = "FINISHED", ""
+
+    def fail(self, reason: str) -> None:
+        self.status, self.reason = "FAILED", reason
+
+    def tag(self, key: str, value: str) -> None:
+        client().set_tag(self.run_id, key, value)
+
+    def params(self, values: dict[str, str]) -> None:
+        log_params(self.run_id, values)
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        log_metrics(self.run_id, values, step)
+
+    def artifact(self, path: str | Path) -> None:
+        client().log_artifact(self.run_id, str(path))
+
+
+@contextlib.contextmanager
+def tracked_run(root: Path | str, name: str, tags: dict[str, str], parent_id: str | None = None) -> Iterator[TrackedRun]:
+    """Open a run for the `with` block; it ends with the block: as `fail` said, FAILED with the
+    exception that escaped, or KILLED on an interrupt."""
+    run = TrackedRun(start_run(Path(root), name, tags, parent_id))
+    try:
+        yield run
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        end_run(run.run_id, "KILLED", "interrupted")
+        raise
+    except BaseException as exc:
+        end_run(run.run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        end_run(run.run_id, run.status, run.reason)

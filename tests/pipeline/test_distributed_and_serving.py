@@ -21,15 +21,15 @@ from genzoo.config import TrainConfig
 def test_two_workers_match_one_worker_with_the_same_global_batch(services, tmp_path):
     """MADE's training step has no noise of its own, so 2 workers x 32 examples must take the
     same steps as 1 worker x 64 examples (gradients all-reduced over gloo)."""
-    from tasks.train import train_on_ray
+    from tasks.ray_job import run_training
 
     x = (np.random.default_rng(0).random((512, 1, 4, 4)) < 0.3).astype(np.uint8)
     arrays, manifest = {"train": x, "val": x[:64]}, {"kind": "binary", "levels": 2}
     model = {"data_shape": [1, 4, 4], "data_kind": "binary", "levels": 2, "hidden": [32], "lr": 0.01}
     train = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=4, cpus_per_worker=0.5, val_examples=0,
                         max_failures=0).to_dict()
-    one = train_on_ray("made", "dp", arrays, manifest, model, {**train, "num_workers": 1}, tmp_path)
-    two = train_on_ray("made", "dp", arrays, manifest, model, {**train, "num_workers": 2}, tmp_path)
+    one = run_training("made", "dp", arrays, manifest, model, {**train, "num_workers": 1}, tmp_path)
+    two = run_training("made", "dp", arrays, manifest, model, {**train, "num_workers": 2}, tmp_path)
     assert one.status == two.status == "FINISHED", (one.reason, two.reason)
     torch.manual_seed(0)
     import models
@@ -44,6 +44,22 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(services, tmp_p
     assert one.history[-1]["loss"] == pytest.approx(two.history[-1]["loss"], rel=1e-5)
 
 
+def test_a_multi_worker_training_resumes_after_a_worker_failure(services, tmp_path):
+    """The Ray Train path (2 workers): a worker that fails after epoch 1 is restarted by
+    FailureConfig and the job resumes from the epoch-1 checkpoint."""
+    from tasks.ray_job import run_training
+
+    x = (np.random.default_rng(0).random((256, 1, 4, 4)) < 0.3).astype(np.uint8)
+    arrays, manifest = {"train": x, "val": x[:64]}, {"kind": "binary", "levels": 2}
+    model = {"data_shape": [1, 4, 4], "data_kind": "binary", "levels": 2, "hidden": [16], "lr": 0.01}
+    train = TrainConfig(epochs=3, batch_size=64, steps_per_epoch=2, cpus_per_worker=0.5, val_examples=0,
+                        max_failures=1, num_workers=2).to_dict()
+    out = run_training("made", "dp", arrays, manifest, model, train, tmp_path, fail_once_at_epoch=1)
+    assert out.status == "FINISHED", out.reason
+    assert out.state["resumed_from"] == [1] and [h["epoch"] for h in out.history] == [1, 2, 3]
+    assert (tmp_path / "_scratch" / out.ray_run / "injected-failure").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,7 +70,7 @@ def test_mlflow_models_serve_answers_with_samples(services, project, tmp_path):
     from flows.pipeline import pipeline
 
     result = pipeline(families=["gan"], datasets=["grid25"], preset="smoke")
-    assert result["rows"][0]["status"] == "FINISHED"
+    assert result.rows[0]["status"] == "FINISHED"
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     mlflow_bin = Path(sys.executable).parent / "mlflow"
@@ -85,34 +101,35 @@ def test_mlflow_models_serve_answers_with_samples(services, project, tmp_path):
 
 
 def test_killed_worker_resumes_from_its_checkpoint_and_registers_once(services, project):
-    """SIGKILL the Ray Train worker after its first checkpoint: Ray restarts it, training resumes
-    from that checkpoint, finishes, and the model is registered exactly once."""
+    """SIGKILL the worker of a single-worker training (a Ray task) after its first checkpoint: Ray
+    retries the task, training resumes from that checkpoint, finishes, and the model is registered
+    exactly once."""
     import signal
     import threading
 
     from flows.pipeline import pipeline
     from tasks.services import client
 
-    results = project / "ray_results"
-    before = {d.name for d in results.glob("gan-grid25-*")}
+    scratch = project / "ray_results" / "_scratch"
+    before = {d.name for d in scratch.glob("gan-grid25-*")}
     versions_before = len(client().search_model_versions("name='gan-grid25'"))
     out: dict = {}
-    flow = threading.Thread(target=lambda: out.update(pipeline(
+    flow = threading.Thread(target=lambda: out.update(result=pipeline(
         families=["gan"], datasets=["grid25"], preset="smoke", train_overrides={"epochs": 4, "steps_per_epoch": 400})))
     flow.start()
     killed, deadline = None, time.time() + 300
     while killed is None and time.time() < deadline and flow.is_alive():
-        for run in results.glob("gan-grid25-*"):
-            pid_file = results / "_scratch" / run.name / "worker-0.pid"
-            # the controller has registered a checkpoint (one merely on disk may not be committed yet)
-            if run.name not in before and pid_file.exists() and (run / "checkpoint_manager_snapshot.json").exists():
+        for run in scratch.glob("gan-grid25-*"):
+            pid_file = run / "worker-0.pid"
+            # the worker has written its first checkpoint (renamed into place whole)
+            if run.name not in before and pid_file.exists() and (run / "checkpoint.pt").exists():
                 killed = int(pid_file.read_text())
                 os.kill(killed, signal.SIGKILL)
                 break
         time.sleep(0.05)
     flow.join(timeout=600)
     assert killed is not None, "never saw a checkpoint to kill the worker after"
-    row = out["rows"][0]
+    row = out["result"].rows[0]
     assert row["status"] == "FINISHED", row.get("reason")
     assert row["resumed_from"] and 1 <= row["resumed_from"][0] < 4  # resumed, not restarted from scratch
     assert len(client().search_model_versions("name='gan-grid25'")) == versions_before + 1
@@ -131,14 +148,14 @@ def test_two_pipeline_runs_at_once_keep_their_own_outputs(services, project):
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: pipeline(families=["vae"], datasets=["grid25"], preset="smoke",
                                                 reuse_trainings=False), range(2)))
-    assert runs[0]["run_name"] != runs[1]["run_name"]
-    assert all(r["rows"][0]["status"] == "FINISHED" for r in runs)
-    assert runs[0]["rows"][0]["ray_run"] != runs[1]["rows"][0]["ray_run"]
-    assert Path(runs[0]["report"]).parent != Path(runs[1]["report"]).parent
-    versions = sorted(r["rows"][0]["registered"] for r in runs)
+    assert runs[0].run_name != runs[1].run_name
+    assert all(r.rows[0]["status"] == "FINISHED" for r in runs)
+    assert runs[0].rows[0]["ray_run"] != runs[1].rows[0]["ray_run"]
+    assert Path(runs[0].report).parent != Path(runs[1].report).parent
+    versions = sorted(r.rows[0]["registered"] for r in runs)
     assert versions == [f"vae-grid25/{before + 1}", f"vae-grid25/{before + 2}"]
     for r in runs:
-        assert Path(r["rows"][0]["model_path"]).is_file() and r["run_name"] in r["rows"][0]["model_path"]
+        assert Path(r.rows[0]["model_path"]).is_file() and r.run_name in r.rows[0]["model_path"]
 
 
 def test_a_dataset_being_written_by_another_run_is_waited_for(services, project):

@@ -30,7 +30,7 @@ def client():
 
 
 def test_pipeline_trains_evaluates_and_registers(first_run, project):
-    rows = {(r["family"], r["dataset"]): r for r in first_run["rows"]}
+    rows = {(r["family"], r["dataset"]): r for r in first_run.rows}
     assert set(rows) == {("gan", "ring8"), ("vae", "ring8"), ("gan", "digits"), ("vae", "digits")}
     assert all(r["status"] == "FINISHED" for r in rows.values()), [r.get("reason") for r in rows.values()]
     # first evaluation: mode statistics on ring8, a likelihood bound where the family has one
@@ -46,7 +46,7 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
     assert max(r["started_at"] for r in rows.values()) < min(r["ended_at"] for r in rows.values())
     for fam in ("gan", "vae"):  # how the evaluator labels the digits samples
         assert 1 <= rows[fam, "digits"]["classes_hit"] <= 10 and 0.1 <= rows[fam, "digits"]["max_class_share"] <= 1
-    report = Path(first_run["report"]).read_text()
+    report = Path(first_run.report).read_text()
     for fam, ds in rows:
         assert f"| {fam} | {ds} | FINISHED |" in report
     for ds in ("ring8", "digits"):  # each dataset's trivial baseline, measured like the families
@@ -56,7 +56,7 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
 def test_report_says_whether_each_model_beats_its_baseline(first_run):
     import json
 
-    table = json.loads((Path(first_run["report"]).parent / "comparison.json").read_text())
+    table = json.loads((Path(first_run.report).parent / "comparison.json").read_text())
     by = {(r["family"], r["dataset"]): r for r in table["rows"]}
     base = by["baseline", "digits"]
     assert base["test_nll"] > 0 and base["classes_hit"] >= 1 and base["fid"] > 0
@@ -80,7 +80,7 @@ def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, proj
     import data
 
     c = client()
-    parent = c.get_run(first_run["parent_run_id"])
+    parent = c.get_run(first_run.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["preset"] == "smoke"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.md", "comparison.json"}
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -101,7 +101,7 @@ def test_mlflow_parent_child_runs_metrics_artifacts_and_registry(first_run, proj
 
 
 def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
-    report = Path(first_run["report"])
+    report = Path(first_run.report)
     page = (report.parent / "comparison.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "FID" in page
     versions = client().search_model_versions("name='evaluator-digits'")
@@ -110,12 +110,12 @@ def test_report_html_dvc_metrics_and_regeneration(first_run, project, capsys):
                            text=True, check=True).stdout
     assert "reports/metrics.json" in shown and "gan-ring8" in shown
     report.unlink()
-    assert main(["report", first_run["run_name"]]) == 0
+    assert main(["report", first_run.run_name]) == 0
     assert report.read_text().count("| FINISHED |") == 6
     from flows.report import report as report_flow  # the same through the Prefect flow
 
     report.unlink()
-    assert report_flow(run=first_run["parent_run_id"]) == str(report) and report.is_file()
+    assert report_flow(run=first_run.parent_run_id) == str(report) and report.is_file()
     assert main(["report", "no-such-run"]) == 2
 
 
@@ -124,8 +124,8 @@ def test_rerun_reuses_finished_trainings(first_run, project):
     from flows.pipeline import pipeline
 
     again = pipeline(families=["gan", "vae"], datasets=["ring8", "digits"], preset="smoke")
-    first = {(r["family"], r["dataset"]): r for r in first_run["rows"]}
-    for r in again["rows"]:
+    first = {(r["family"], r["dataset"]): r for r in first_run.rows}
+    for r in again.rows:
         before = first[r["family"], r["dataset"]]
         assert r["status"] == "FINISHED" and r["reused_from"] == before["run_id"] and r["ray_run"] == ""
         assert r["registered"] == before["registered"]  # not registered a second time
@@ -138,23 +138,23 @@ def test_a_service_error_in_one_training_fails_only_that_row(first_run, project,
     """A training task hit by an infrastructure error (here the tracking store, injected) ends its own
     MLflow run as FAILED with the reason; the flow finishes the other pairs and reports."""
     from flows.pipeline import pipeline
-    from tasks import train as train_module
+    from tasks import model as model_module
 
-    real = train_module._train_tracked
+    real = model_module.train
 
-    def flaky(family, *args, **kwargs):
-        if family == "gan":
+    def flaky(req, *args, **kwargs):
+        if req.family == "gan":
             raise RuntimeError("QueuePool limit reached (injected)")
-        return real(family, *args, **kwargs)
+        return real(req, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_tracked", flaky)
+    monkeypatch.setattr(model_module, "train", flaky)
     result = pipeline(families=["gan", "vae"], datasets=["ring8"], preset="smoke", register_models=False)
-    rows = {r["family"]: r for r in result["rows"]}
+    rows = {r["family"]: r for r in result.rows}
     assert rows["vae"]["status"] == "FINISHED" and rows["vae"]["reused_from"]
     assert rows["gan"]["status"] == "FAILED" and "QueuePool limit reached (injected)" in rows["gan"]["reason"]
     run = client().get_run(rows["gan"]["run_id"])
     assert run.info.status == "FAILED" and "injected" in run.data.tags["genzoo.failure_reason"]
-    assert "| gan | ring8 | FAILED |" in Path(result["report"]).read_text()
+    assert "| gan | ring8 | FAILED |" in Path(result.report).read_text()
 
 
 def test_fetch_registered_models(first_run, tmp_path):
@@ -191,10 +191,10 @@ def test_failures_are_contained_and_workers_resume(first_run, project):
 
     result = pipeline(families=["gan", "vae", "made"], datasets=["ring8"], preset="smoke",
                       model_overrides={"vae": {"lr": 1e30}}, fail_once_at_epoch=1, reuse_trainings=False)
-    rows = {r["family"]: r for r in result["rows"]}
+    rows = {r["family"]: r for r in result.rows}
     assert set(rows) == {"gan", "vae"}  # MADE fits binary data only: skipped, with the reason
-    assert result["skipped"] == ["made on ring8: made fits binary data, ring8 is points"]
-    assert "made on ring8" in Path(result["report"]).read_text()
+    assert result.skipped == ["made on ring8: made fits binary data, ring8 is points"]
+    assert "made on ring8" in Path(result.report).read_text()
     assert rows["vae"]["status"] == "FAILED" and "non-finite" in rows["vae"]["reason"]
     assert rows["gan"]["status"] == "FINISHED", rows["gan"].get("reason")
     c = client()
@@ -208,7 +208,7 @@ def test_failures_are_contained_and_workers_resume(first_run, project):
     scratch = project / "ray_results" / "_scratch" / rows["gan"]["ray_run"]
     assert (scratch / "injected-failure").exists()  # the worker did die once ...
     assert [m.step for m in c.get_metric_history(rows["gan"]["run_id"], "loss")] == [1, 2]  # ... and resumed
-    assert c.get_run(result["parent_run_id"]).info.status == "FAILED"
+    assert c.get_run(result.parent_run_id).info.status == "FAILED"
 
 
 def test_bad_input_exits_2_and_registers_nothing(services, project, tmp_path):
@@ -236,7 +236,7 @@ def test_user_array_dataset_is_named_after_its_file(services, project, tmp_path)
     arr = tmp_path / "mydata.npy"
     np.save(arr, rng.normal(size=(300, 2)).astype(np.float32))
     result = pipeline(families=["gan"], datasets=[str(arr)], preset="smoke")
-    assert result["rows"][0]["status"] == "FINISHED" and result["rows"][0]["registered"] == "gan-mydata/1"
+    assert result.rows[0]["status"] == "FINISHED" and result.rows[0]["registered"] == "gan-mydata/1"
     assert (project / "data" / "prepared" / "mydata.dvc").is_file()  # tracked by DVC
 
 

@@ -1,0 +1,294 @@
+"""One training on the Ray cluster (no Prefect, no MLflow here: tasks/train.py tracks it).
+
+Two ways in, one training loop (genzoo.training.fit) and one checkpoint format:
+
+- one worker: a plain Ray task holding the CPUs (or GPU) it computes on. Ray keeps its worker
+  processes warm between tasks, so a training starts in well under a second instead of the ~13 s
+  a Ray Train controller, placement group and worker group cost. The task checkpoints every epoch
+  to its scratch folder; Ray retries it (`max_failures`) after an error or a dead worker process,
+  and the retry resumes from that checkpoint.
+- several workers: a Ray Train `TorchTrainer` job (data-parallel over gloo/NCCL, checkpoints via
+  ray.train.report, FailureConfig(max_failures)).
+
+Either way the worker writes one JSON line per epoch to <scratch>/progress.jsonl (what the
+driver's progress display reads) and its pid and node to worker-<rank>.pid/.node (operators and
+tests find, watch or kill it there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+FAILURE_FILE = "nonfinite.txt"
+CHECKPOINT = "checkpoint.pt"  # the single-worker path's last epoch
+PROGRESS = "progress.jsonl"
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    status: str  # 'FINISHED' or 'FAILED'
+    reason: str
+    state: dict[str, Any] | None  # training_state(...) of the last epoch
+    history: list[dict[str, float]]
+    seconds: float
+    ray_run: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """Everything a worker needs, shipped once through the object store."""
+
+    family: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    manifest: dict
+    data: Any  # ray.ObjectRef of {"train": array, "val": array}
+    scratch: str
+    run_name: str
+    fail_once_at_epoch: int | None = None
+
+
+def _fit(job: TrainJob, rank: int, world: int, device: torch.device, resume: dict | None,
+         save_checkpoint, node_id: str) -> None:
+    """The body every worker runs: data to model space, build, fit, checkpoint each epoch."""
+    import ray
+
+    import models
+    from data.prepared import to_model_space
+    from genzoo.config import TrainConfig
+    from genzoo.training import fit
+
+    torch.set_num_threads(max(1, round(job.train["cpus_per_worker"])))  # the CPUs this worker holds
+    arrays = ray.get(job.data) if isinstance(job.data, ray.ObjectRef) else job.data
+    train = to_model_space(arrays["train"], job.manifest)
+    val = to_model_space(arrays["val"][: job.train["val_examples"]], job.manifest)
+    tcfg = TrainConfig(**job.train)
+    torch.manual_seed(tcfg.seed)  # same initial weights on every worker
+    model = models.build(job.family, job.model).to(device)
+    scratch = Path(job.scratch)
+    (scratch / f"worker-{rank}.pid").write_text(str(os.getpid()))
+    (scratch / f"worker-{rank}.node").write_text(node_id)
+    marker = scratch / "injected-failure"
+    started = time.time()
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        save_checkpoint(epoch, metrics, state)
+        if rank == 0:
+            line = {"epoch": epoch, "epochs": tcfg.epochs, "elapsed": time.time() - started, **metrics}
+            with open(scratch / PROGRESS, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        if job.fail_once_at_epoch == epoch and rank == 0 and not marker.exists():
+            marker.touch()  # fault injection (tests, chaos drills): fail once, after the checkpoint
+            raise RuntimeError(f"injected worker failure after epoch {epoch}")
+
+    quiet = (lambda msg: None) if rank else (lambda msg: print(f"[{job.run_name}] {msg}", flush=True))
+    fit(model, train, tcfg, val=val, resume=resume, rank=rank, world_size=world, on_epoch_end=on_epoch_end,
+        log=quiet)  # the worker's own log (Ray's log files); the driver prints progress.jsonl
+
+
+def _task_body(job: TrainJob) -> dict[str, Any]:
+    """A single-worker training as a Ray task: resumes from its own checkpoint when Ray retries it.
+    Returns {"state": ...} or {"nonfinite": reason}."""
+    import ray
+
+    from genzoo.training import NonFiniteLoss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
+    ckpt = Path(job.scratch) / CHECKPOINT
+    resume = torch.load(ckpt, map_location=device, weights_only=True) if ckpt.exists() else None
+    last: dict[str, Any] = {}
+
+    def save(epoch: int, metrics: dict, state: dict) -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(ckpt)  # atomic: a killed worker leaves the previous epoch's checkpoint whole
+        last["state"] = state
+
+    try:
+        _fit(job, 0, 1, device, resume, save, ray.get_runtime_context().get_node_id())
+    except NonFiniteLoss as exc:  # not a worker fault: a retry from the checkpoint would only diverge again
+        return {"nonfinite": str(exc)}
+    return {"state": torch.load(ckpt, map_location="cpu", weights_only=True) if "state" not in last
+            else _to_cpu(last["state"])}
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def _train_worker(job: TrainJob) -> None:
+    """Runs on every Ray Train worker (multi-worker trainings)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from genzoo.training import NonFiniteLoss
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
+
+    def save(epoch: int, metrics: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory(dir=job.scratch) as d:
+            ckpt = None
+            if rank == 0:
+                torch.save(state, Path(d) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**metrics, "epoch": epoch}, checkpoint=ckpt)
+
+    try:
+        _fit(job, rank, world, device, resume, save, ray.get_runtime_context().get_node_id())
+    except NonFiniteLoss as exc:
+        # The reason travels as a last checkpoint holding only FAILURE_FILE, which the driver reads.
+        with tempfile.TemporaryDirectory(dir=job.scratch) as d:
+            ckpt = None
+            if rank == 0:
+                (Path(d) / FAILURE_FILE).write_text(str(exc))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({"nonfinite": 1.0}, checkpoint=ckpt)
+
+
+class Admission:
+    """Admit work only when the cluster has room for it: trainings (and the driver's evaluations,
+    which hold one CPU) never oversubscribe it. Ray would queue extra trainings anyway, but a queued
+    Ray Train job already runs a controller process; so this process submits at most what fits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._used = 0.0
+
+    @contextlib.contextmanager
+    def slot(self, need: float, capacity: float):
+        with self._cond:
+            while self._used > 0 and self._used + need > capacity:
+                self._cond.wait()
+            self._used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+
+admission = Admission()
+
+
+def cpu_capacity() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0)
+
+
+def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manifest: dict,
+                 model_config: dict[str, Any], train_config: dict[str, Any], storage: Path,
+                 run_tag: str | None = None, fail_once_at_epoch: int | None = None) -> TrainOutcome:
+    """Train on the cluster (starting a local one if none is connected); never raises for a failed
+    training: the outcome says FAILED and why."""
+    import ray
+
+    from tasks.services import cluster_has_gpus, ensure_ray
+
+    ensure_ray()
+    use_gpu = {"auto": None, "true": True, "false": False}[train_config["use_gpu"]]
+    if use_gpu is None:
+        use_gpu = cluster_has_gpus()
+    elif use_gpu and not cluster_has_gpus():
+        return TrainOutcome("FAILED", "use_gpu is true but the Ray cluster has no GPU", None, [], 0.0, "")
+    # Unique name: Ray Train silently resumes an old run that has the same name.
+    run_name = f"{family}-{dataset}-{run_tag or uuid.uuid4().hex[:8]}"
+    scratch = storage / "_scratch" / run_name
+    scratch.mkdir(parents=True, exist_ok=True)
+    job = TrainJob(family, model_config, train_config, manifest, ray.put({k: arrays[k] for k in ("train", "val")}),
+                   str(scratch), run_name, fail_once_at_epoch)
+    workers = train_config["num_workers"]
+    need = workers * (1.0 if use_gpu else train_config["cpus_per_worker"])
+    capacity = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1.0)
+    t0 = time.perf_counter()
+    try:
+        with admission.slot(need, capacity):
+            t0 = time.perf_counter()  # train_seconds: from admission, not counting the wait for a free slot
+            if workers == 1:
+                state, failure = _run_task(job, use_gpu)
+            else:
+                state, failure = _run_trainer(job, use_gpu, storage)
+    except Exception as exc:  # Ray wraps worker errors (TrainingFailedError, RayTaskError)
+        return TrainOutcome("FAILED", f"training failed: {_root_cause(exc)}", None, [], time.perf_counter() - t0,
+                            run_name)
+    history = state["history"] if state else []
+    seconds = time.perf_counter() - t0
+    if failure is not None:
+        return TrainOutcome("FAILED", f"non-finite loss: {failure}", None, history, seconds, run_name)
+    if state is None or not (state.get("finished") or state["epoch"] >= train_config["epochs"]):
+        return TrainOutcome("FAILED", "training ended without a final checkpoint", state, history, seconds, run_name)
+    return TrainOutcome("FINISHED", "", state, history, seconds, run_name)
+
+
+def _run_task(job: TrainJob, use_gpu: bool) -> tuple[dict | None, str | None]:
+    import ray
+
+    retries = job.train["max_failures"]
+    remote = ray.remote(_task_body).options(
+        num_cpus=job.train["cpus_per_worker"], num_gpus=1 if use_gpu else 0, name=job.run_name,
+        max_retries=retries, retry_exceptions=True)
+    out = ray.get(remote.remote(job))
+    return out.get("state"), out.get("nonfinite")
+
+
+def _run_trainer(job: TrainJob, use_gpu: bool, storage: Path) -> tuple[dict | None, str | None]:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": job.train["cpus_per_worker"], **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=job.train["num_workers"], use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=job.run_name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=job.train["max_failures"])),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        return None, None
+    with result.checkpoint.as_directory() as d:
+        if (Path(d) / FAILURE_FILE).exists():
+            return None, (Path(d) / FAILURE_FILE).read_text()
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True), None
+
+
+def ray_storage(root: Path) -> Path:
+    """Where trainings keep checkpoints: GENZOO_RAY_STORAGE (a folder every node of a multi-node
+    cluster can reach, e.g. NFS), else <project>/ray_results."""
+    return Path(os.environ.get("GENZOO_RAY_STORAGE") or Path(root) / "ray_results").resolve()
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

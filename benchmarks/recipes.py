@@ -45,7 +45,7 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen
     import torch
 
     from data import sources
-    from genzoo.metrics import mode_statistics
+    from genzoo.evaluation.metrics import mode_statistics
     from genzoo.training import log_likelihoods
 
     out: dict = {}
@@ -66,11 +66,11 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen
         out.update(mode_statistics(x, sources.mode_centers(prepared.name), std))
     evaluator = ROOT / "data" / "evaluators" / prepared.name / "evaluator.pt"
     if x.ndim == 4 and evaluator.exists():
-        from genzoo import evaluator_stage, quality
-        from genzoo.evaluator import extract_features, predict_logits
+        from genzoo.evaluation import networks, quality
+        from genzoo.evaluation.networks import extract_features, predict_logits
 
-        net, _ = evaluator_stage.load(evaluator.parent)
-        images = evaluator_stage.as_images(x)
+        net, _ = networks.load(evaluator.parent)
+        images = networks.as_images(x)
         if x.shape[1] == 1:
             labels = predict_logits(net, images).argmax(-1).numpy()
             share = np.bincount(labels, minlength=10) / len(labels)
@@ -85,18 +85,18 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen
 
 def parzen_score(x, prepared, rows: int, seed: int = 1234) -> dict:
     """--parzen N: the Parzen-window log-likelihood (nats) of N seeded test rows under the samples, sigma
-    chosen on N seeded validation rows (tasks/evaluate.py's protocol; flattened, float64)."""
+    chosen on N seeded validation rows (genzoo/evaluation/protocol.py's protocol; flattened, float64)."""
     import warnings
 
     import numpy as np
 
-    from genzoo import quality
+    from genzoo.evaluation import quality
 
     t0 = time.perf_counter()
     flat = x.reshape(len(x), -1).astype(np.float64)
     val = prepared.subset("val", rows, seed).flatten(1).double().numpy()
     test = prepared.subset("test", rows, seed).flatten(1).double().numpy()
-    grid = np.logspace(-3, 0.5, 15) if prepared.kind == "points" else quality.PARZEN_SIGMAS  # tasks/evaluate.py
+    grid = np.logspace(-3, 0.5, 15) if prepared.kind == "points" else quality.PARZEN_SIGMAS  # genzoo/evaluation/protocol.py
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         sigma = quality.choose_parzen_sigma(flat, val, grid)

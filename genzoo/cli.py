@@ -208,7 +208,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluator(args: argparse.Namespace) -> int:
-    from genzoo import evaluator_stage
+    from data import evaluator_stage
     from genzoo.config import load_params
 
     root = configure()
@@ -225,7 +225,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     root = configure()
     table = reproduce.TABLES[args.table]
-    results = reproduce.run(table, args.budget, root, retrain=args.retrain, rows=_csv(args.rows) if args.rows else None)
+    from flows.pipeline import pipeline
+
+    results = reproduce.run(table, args.budget, root, pipeline, retrain=args.retrain, rows=_csv(args.rows) if args.rows else None)
     if args.rows:  # the other rows keep their last written results
         results = reproduce.merge_previous(table, args.budget, results, root)
     path = reproduce.write(table, args.budget, results, root)

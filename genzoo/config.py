@@ -1,7 +1,7 @@
 """Typed run configuration: `params.yaml` sections map one-to-one onto these classes.
 
 - `prepare.<dataset>`  -> keyword parameters of data.prepare (checked there)
-- `evaluators.<dataset>` -> the evaluator stage (genzoo/evaluator_stage.py, checked there)
+- `evaluators.<dataset>` -> the evaluator stage (data/evaluator_stage.py, checked there)
 - `train.<preset>`     -> TrainConfig (budgets: smoke, quick, standard, full)
 - `models.<family>`    -> the family's Config class (models/<family>.py): defaults for any data
 - `recipes.<family>.<data kind>` -> the measured recipe of a family on one kind of data
@@ -104,7 +104,7 @@ class EvalConfig(_Strict):
     parzen_examples: int = 1000  # validation rows to choose sigma, test rows to score
     real_examples: int = 2000  # test images whose features stand for the data in FID & co.
     seed: int = 1234
-    fid_network: str = "evaluator"  # 'inception': also an Inception-v3 FID (genzoo/inception.py)
+    fid_network: str = "evaluator"  # 'inception': also an Inception-v3 FID (genzoo/evaluation/inception.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -70,5 +70,5 @@ def quiet_loggers() -> None:
 
     for name in ("mlflow", "alembic", "sqlalchemy", "ray", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # genzoo.quality's small-sample notices: the evaluation states them once per model, as a warning line.
+    # genzoo.evaluation.quality's small-sample notices: the evaluation states them once per model, as a warning line.
     warnings.filterwarnings("ignore", message=".* computed on .* fewer than the .* its reference protocol uses")

@@ -265,11 +265,10 @@ def select(table: Table, rows: list[str] | None) -> list[Entry]:
     return chosen
 
 
-def run(table: Table, budget: str, root: Path, retrain: bool = False, log=print,
+def run(table: Table, budget: str, root: Path, pipeline, retrain: bool = False, log=print,
         rows: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train and evaluate the table's rows with a family (or the `rows` selected), one pipeline flow
-    run each; returns the result rows."""
-    from flows.pipeline import pipeline
+    """Train and evaluate the table's rows with a family (or the `rows` selected), one run each of
+    `pipeline` (the flow, which the CLI passes in); returns the result rows."""
     from tasks.services import ensure_ray
 
     trained = select(table, rows)

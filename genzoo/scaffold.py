@@ -18,9 +18,10 @@ def new_project(root: Path, params_update: dict | None = None) -> Path:
     root = Path(root)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     for package in ("data", "genzoo"):  # the code files dvc.yaml stages depend on
-        (root / package).mkdir(parents=True, exist_ok=True)
-        for f in (REPO / package).glob("*.py"):
-            shutil.copy(f, root / package / f.name)
+        for f in (REPO / package).rglob("*.py"):
+            target = root / f.relative_to(REPO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in (params_update or {}).items():
         for key, value in values.items():

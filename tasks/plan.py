@@ -60,7 +60,7 @@ def plan(request: PipelineRequest, root: Path) -> Plan:
     if r.evaluate_overrides:
         params.evaluate = EvalConfig.from_dict({**params.evaluate.to_dict(), **r.evaluate_overrides}, "evaluate")
     if params.evaluate.fid_network == "inception":  # an offline machine fails here, not after the training
-        from genzoo import inception
+        from genzoo.evaluation import inception
 
         inception.network_file()
     if not r.families:
@@ -89,7 +89,7 @@ def plan_models(checked: Plan, prepared: dict[str, str]) -> tuple[list[ModelRequ
     import models
     from data.prepared import read_manifest
     from genzoo.config import recipe_kind
-    from tasks.evaluate import sample_count
+    from genzoo.evaluation.protocol import sample_count
 
     r, params = checked.request, checked.params
     requests, skipped = [], []

@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from tasks.schema import ModelRequest, RunContext, Tag
 from tasks.tracking import TrackedRun, client
 
-import genzoo.pyfunc
+import genzoo.serving.sampler
 
-PYFUNC_CODE = Path(genzoo.pyfunc.__file__)
+PYFUNC_CODE = Path(genzoo.serving.sampler.__file__)
 
 
 def pip_requirements() -> list[str]:
@@ -80,7 +80,7 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
 
     import mlflow
 
-    import genzoo.pyfunc_evaluator
+    import genzoo.serving.evaluator
     from tasks import tracking
     weights = Path(folder) / "evaluator.pt"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
@@ -95,7 +95,7 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
                     "per_channel": str(metrics.get("per_channel", 0)), "data_hash": metrics["data_hash"]})
         with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
-            info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.pyfunc_evaluator.__file__,
+            info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.serving.evaluator.__file__,
                                            artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
     version = mlflow.register_model(info.model_uri, name, tags={"weights_sha256": digest,
                                                                 "test_accuracy": f"{metrics['test_accuracy']:.4f}"})

@@ -1,4 +1,4 @@
-"""genzoo/inception.py without the network: the offline failure, the preprocessing contract, the config switch.
+"""genzoo/evaluation/inception.py without the network: the offline failure, the preprocessing contract, the config switch.
 
 No test here downloads or runs the real Inception-v3 file (the test machines are offline);
 the stand-in below only checks genzoo's side of the call.
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data.errors import DataError
-from genzoo import inception
+from genzoo.evaluation import inception
 from genzoo.config import EvalConfig
 from models.base import ConfigError
 
@@ -101,17 +101,17 @@ class _FakePrepared:
         return torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))[:n or None]  # (40, 1, 8, 8)
 
 
-@pytest.mark.filterwarnings("ignore::genzoo.quality.SmallSampleWarning")
+@pytest.mark.filterwarnings("ignore::genzoo.evaluation.quality.SmallSampleWarning")
 def test_image_quality_adds_inception_fid_only_when_asked(tmp_path, monkeypatch):
-    """tasks/evaluate.image_quality wiring, with a stand-in for the network: the default returns no
+    """genzoo.evaluation.protocol.image_quality wiring, with a stand-in for the network: the default returns no
     Inception keys; fid_network 'inception' adds inception_fid and inception_fid_samples."""
-    from genzoo import evaluator_stage
-    from genzoo.evaluator import Evaluator, EvaluatorConfig
-    from tasks.evaluate import image_quality
+    from genzoo.evaluation import networks
+    from genzoo.evaluation.networks import Evaluator, EvaluatorConfig
+    from genzoo.evaluation.protocol import image_quality
 
     torch.manual_seed(0)
     net = Evaluator(EvaluatorConfig(image_shape=(1, 8, 8), num_classes=10, width=4, feature_dim=6)).eval()
-    monkeypatch.setattr(evaluator_stage, "load", lambda folder: (net, {"test_accuracy": 0.9}))
+    monkeypatch.setattr(networks, "load", lambda folder: (net, {"test_accuracy": 0.9}))
     stand_in = tmp_path / "stand-in.pt"
     torch.jit.save(torch.jit.script(_ChannelMeans()), str(stand_in))
     monkeypatch.setenv(inception.PATH_ENV, str(stand_in))

@@ -1,4 +1,4 @@
-"""Known-answer tests of genzoo.quality (FID, KID, precision/recall, density/coverage, Parzen) and genzoo.evaluator."""
+"""Known-answer tests of genzoo.evaluation.quality (FID, KID, precision/recall, density/coverage, Parzen) and genzoo.evaluator."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from genzoo import quality
-from genzoo.evaluator import Evaluator, EvaluatorConfig, accuracy, extract_features, train_evaluator
-from genzoo.quality import (
+from genzoo.evaluation import quality
+from genzoo.evaluation.networks import Evaluator, EvaluatorConfig, accuracy, extract_features, train_evaluator
+from genzoo.evaluation.quality import (
     SmallSampleWarning,
     choose_parzen_sigma,
     density_coverage,
@@ -23,7 +23,7 @@ from genzoo.quality import (
 from models.base import ConfigError
 
 # Most known-answer sets are small on purpose; the warning itself is tested in test_small_sample_warning.
-pytestmark = pytest.mark.filterwarnings("ignore::genzoo.quality.SmallSampleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::genzoo.evaluation.quality.SmallSampleWarning")
 
 
 def _sqrtm_psd(s: np.ndarray) -> np.ndarray:

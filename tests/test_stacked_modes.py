@@ -11,12 +11,13 @@ import torch
 
 from data import sources
 from data.prepare import write
-from genzoo import evaluator_stage
+from data import evaluator_stage
+from genzoo.evaluation import networks
 from genzoo.config import EvalConfig
-from genzoo.evaluator import Evaluator, PerChannelEvaluator, extract_features, predict_logits
-from genzoo.metrics import mode_histogram_statistics, mode_statistics, stacked_mode_ids
+from genzoo.evaluation.networks import Evaluator, PerChannelEvaluator, extract_features, predict_logits
+from genzoo.evaluation.metrics import mode_histogram_statistics, mode_statistics, stacked_mode_ids
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::genzoo.quality.SmallSampleWarning")]
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::genzoo.evaluation.quality.SmallSampleWarning")]
 
 
 # ----------------------------------------------------------------------------- mode histogram
@@ -88,7 +89,7 @@ def _stack(x: np.ndarray, rows: np.ndarray) -> torch.Tensor:
 def test_per_channel_evaluator_classifies_each_channel_like_the_digit_network(stacked_evaluator, mnist_test):
     folder, metrics = stacked_evaluator
     assert metrics["per_channel"] == 3 and json.loads((folder / "metrics.json").read_text())["per_channel"] == 3
-    net, meta = evaluator_stage.load(folder)
+    net, meta = networks.load(folder)
     assert isinstance(net, PerChannelEvaluator) and isinstance(net.digit, Evaluator) and net.image_shape == (3, 28, 28)
     x, _ = mnist_test
     rows = np.random.default_rng(0).integers(2000, 10000, size=(64, 3))
@@ -107,26 +108,26 @@ def test_per_channel_evaluator_classifies_each_channel_like_the_digit_network(st
 
 @pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 8, 8), (2, 4, 28, 28)])
 def test_per_channel_evaluator_refuses_wrong_shapes(stacked_evaluator, shape):
-    net, _ = evaluator_stage.load(stacked_evaluator[0])
+    net, _ = networks.load(stacked_evaluator[0])
     with pytest.raises(ValueError, match=r"per-channel evaluator was built for images of shape \(n, 3, 28, 28\)"):
         net.features(torch.zeros(shape))
     with pytest.raises(ValueError, match=r"\(n, 3, 28, 28\)"):
         net.predict_digits(torch.zeros(shape))
 
 
-def test_stacked_mode_statistics_of_samples(stacked_evaluator, mnist_test, capsys):
+def test_stacked_mode_statistics_of_samples(stacked_evaluator, mnist_test):
     from data.prepared import Prepared
-    from tasks.evaluate import stacked_modes
+    from genzoo.evaluation.protocol import stacked_modes
 
     folder, _ = stacked_evaluator
     x, _ = mnist_test
     stack = _stack(x, np.random.default_rng(1).integers(2000, 10000, size=(50, 3))).numpy()
     prepared = Prepared("stacked-mnist", {"modes": 1000}, {})
     out = stacked_modes(stack, prepared, str(folder), EvalConfig(n_mode_samples=100))
-    net, _ = evaluator_stage.load(folder)
+    net, _ = networks.load(folder)
     expected = mode_histogram_statistics(stacked_mode_ids(net.predict_digits(torch.from_numpy(stack))), 1000)
     assert {k: out[k] for k in expected} == expected and out["mode_samples"] == 50
-    assert "mode statistics from 50 samples (< 100)" in capsys.readouterr().out
+    assert "mode statistics from 50 samples (< 100)" in out["mode_sample_warning"]
     with pytest.raises(ValueError, match="has 100 modes, but its evaluator tells 10 classes in each of 3 channels"):
         stacked_modes(stack, Prepared("stacked-mnist", {"modes": 100}, {}), str(folder), EvalConfig())
     whole = folder.parent / "whole-images"  # the same weights saved as a plain (whole-image) evaluator
@@ -138,7 +139,7 @@ def test_stacked_mode_statistics_of_samples(stacked_evaluator, mnist_test, capsy
 
 
 def test_per_channel_needs_a_single_channel_classifier():
-    from genzoo.evaluator import EvaluatorConfig
+    from genzoo.evaluation.networks import EvaluatorConfig
 
     with pytest.raises(ValueError, match="single-channel classifier"):
         PerChannelEvaluator(Evaluator(EvaluatorConfig((3, 28, 28), 10)), 3)

@@ -9,7 +9,7 @@ import torch
 
 import models
 from data import sources
-from genzoo.metrics import mode_statistics
+from genzoo.evaluation.metrics import mode_statistics
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ import torch
 import models
 from data import sources
 from genzoo.config import TrainConfig
-from genzoo.metrics import mode_statistics
+from genzoo.evaluation.metrics import mode_statistics
 from genzoo.training import fit
 from models.base import ConfigError
 

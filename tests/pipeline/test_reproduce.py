@@ -35,7 +35,9 @@ def test_reproduce_row_beside_published_and_not_registered(services, project):
     from tasks.services import client
 
     table = tiny_table()
-    results = reproduce.run(table, "smoke", project)
+    from flows.pipeline import pipeline
+
+    results = reproduce.run(table, "smoke", project, pipeline)
     assert len(results) == 1 and results[0]["status"] == "FINISHED", results
     ours = results[0]["value"]
     assert math.isfinite(ours) and ours > 0
@@ -51,7 +53,7 @@ def test_reproduce_row_beside_published_and_not_registered(services, project):
     saved = json.loads(md.with_suffix(".json").read_text())
     assert saved["results"][0]["value"] == ours and saved["published"]["VAE, tiny"] == [30.0, None]
 
-    again = reproduce.run(table, "smoke", project)  # the finished training is reused, only evaluated again
+    again = reproduce.run(table, "smoke", project, pipeline)  # the finished training is reused, only evaluated again
     assert client().get_run(again[0]["run_id"]).data.tags.get("genzoo.reused_training_from") == results[0]["run_id"]
 
 

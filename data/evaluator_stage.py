@@ -24,10 +24,8 @@ import torch
 
 import data
 from data.errors import DataError
-from genzoo.evaluator import Evaluator, EvaluatorConfig, PerChannelEvaluator, accuracy, train_evaluator
-
-EVALUATOR_FILE = "evaluator.pt"
-METRICS_FILE = "metrics.json"
+from genzoo.evaluation.networks import (EVALUATOR_FILE, METRICS_FILE, Evaluator, EvaluatorConfig, PerChannelEvaluator,
+                                       accuracy, train_evaluator)
 KNOWN = {"source", "binarize", "per_channel", "epochs", "batch_size", "seed", "lr", "width", "feature_dim", "threads"}
 
 
@@ -77,25 +75,3 @@ def build(dataset: str, root: Path, params: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return metrics
-
-
-def load(folder: str | Path) -> tuple[Evaluator | PerChannelEvaluator, dict]:
-    """The trained network (eval mode) and its metrics.json; a `per_channel: C` evaluator comes
-    wrapped in a PerChannelEvaluator for (n, C, H, W) images."""
-    folder = Path(folder)
-    if not (folder / EVALUATOR_FILE).is_file():
-        raise DataError(f"no trained evaluator in {folder}; run `dvc repro evaluator@<dataset>`")
-    state = torch.load(folder / EVALUATOR_FILE, map_location="cpu", weights_only=True)
-    cfg = EvaluatorConfig.from_dict({**state["config"], "image_shape": tuple(state["config"]["image_shape"])})
-    model = Evaluator(cfg)
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    meta = json.loads((folder / METRICS_FILE).read_text())
-    if meta.get("per_channel"):
-        model = PerChannelEvaluator(model, int(meta["per_channel"])).eval()
-    return model, meta
-
-
-def as_images(x: np.ndarray) -> torch.Tensor:
-    """Model samples or data rows (n, C, H, W) in [0, 1] as the evaluator's input."""
-    return torch.as_tensor(np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0))

@@ -12,12 +12,12 @@ class EvaluatorModel(PythonModel):
     def load_context(self, context):
         from pathlib import Path
 
-        from genzoo import evaluator_stage
+        from genzoo.evaluation import networks
 
-        self.net, self.meta = evaluator_stage.load(Path(context.artifacts["evaluator"]))
+        self.net, self.meta = networks.load(Path(context.artifacts["evaluator"]))
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:  # images (n, C, H, W)
-        from genzoo.evaluator import predict_logits
+        from genzoo.evaluation.networks import predict_logits
 
         return predict_logits(self.net, np.asarray(model_input, dtype=np.float32)).softmax(-1).numpy()
 

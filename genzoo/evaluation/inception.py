@@ -1,9 +1,9 @@
 """The standard FID Inception-v3 network, as an optional second ruler for image FID.
 
 genzoo's default FID, KID, precision/recall and density/coverage use each image
-dataset's own evaluator CNN (genzoo/evaluator.py). With `evaluate.fid_network:
+dataset's own evaluator CNN (genzoo/evaluation/networks.py). With `evaluate.fid_network:
 inception` in params.yaml, image evaluation also reports `inception_fid`: the FID
-(genzoo.quality.frechet_distance) of the same samples against the same real test
+(genzoo.evaluation.quality.frechet_distance) of the same samples against the same real test
 images, on Inception-v3 features.
 
 Protocol
@@ -48,7 +48,7 @@ import torch
 
 from data.errors import DataError
 from data.sources import sha256_file
-from genzoo.evaluator import _images
+from genzoo.evaluation.networks import _images
 
 URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 FILENAME = "inception-2015-12-05.pt"

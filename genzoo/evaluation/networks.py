@@ -1,4 +1,4 @@
-"""A small CNN classifier whose penultimate layer supplies the features for genzoo.quality.
+"""A small CNN classifier whose penultimate layer supplies the features for genzoo.evaluation.quality.
 
 FID, KID and the k-NN measures compare feature vectors; on MNIST-like data an
 Inception network trained on ImageNet is the wrong ruler, so (as is common when
@@ -23,7 +23,9 @@ networks, so genzoo's numbers are relative, not absolute.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import ConfigError, reject_unknown_keys
+
+EVALUATOR_FILE = "evaluator.pt"  # a trained evaluator's folder (a DVC output): weights ...
+METRICS_FILE = "metrics.json"  # ... and its test accuracy, source and data hash
 
 
 @dataclasses.dataclass
@@ -95,7 +100,7 @@ class Evaluator(nn.Module):
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations (n, feature_dim), the input of the metrics in genzoo.quality."""
+        """Penultimate activations (n, feature_dim), the input of the metrics in genzoo.evaluation.quality."""
         self._check(x)
         return self.body(x)
 
@@ -241,3 +246,25 @@ def train_evaluator(train_x: Any, train_y: Any, val_x: Any, val_y: Any, epochs: 
             f"val accuracy {val_acc:.4f} ({time.perf_counter() - start:.1f} s)")
     model.eval()
     return model, val_acc
+
+
+def load(folder: str | Path) -> tuple[Evaluator | PerChannelEvaluator, dict]:
+    """The trained network (eval mode) and its metrics.json; a `per_channel: C` evaluator comes
+    wrapped in a PerChannelEvaluator for (n, C, H, W) images."""
+    folder = Path(folder)
+    if not (folder / EVALUATOR_FILE).is_file():
+        raise FileNotFoundError(f"no trained evaluator in {folder}; run `dvc repro evaluator@<dataset>`")
+    state = torch.load(folder / EVALUATOR_FILE, map_location="cpu", weights_only=True)
+    cfg = EvaluatorConfig.from_dict({**state["config"], "image_shape": tuple(state["config"]["image_shape"])})
+    model = Evaluator(cfg)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    meta = json.loads((folder / METRICS_FILE).read_text())
+    if meta.get("per_channel"):
+        model = PerChannelEvaluator(model, int(meta["per_channel"])).eval()
+    return model, meta
+
+
+def as_images(x: np.ndarray) -> torch.Tensor:
+    """Model samples or data rows (n, C, H, W) in [0, 1] as the evaluator's input."""
+    return torch.as_tensor(np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0))

@@ -7,7 +7,9 @@
   layer: excludes the current pixel) or 'B' (later layers) for the two stacks of
   the Gated PixelCNN (van den Oord et al. 2016, arXiv:1606.05328).
 - `AutoregressiveSampler`: fills the dimensions one at a time in a fixed order,
-  one network pass per dimension, from uniforms drawn beforehand.
+  one network pass per dimension, from uniforms drawn beforehand (the 'naive'
+  sampler; MADE and PixelCNN also have a 'cached' one that updates only the
+  activations each new value changes and draws the same samples).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MASK_TYPES = ("A", "B")
+SAMPLERS = ("cached", "naive")  # incremental generation, or one full network pass per dimension
 
 
 class MaskedLinear(nn.Linear):
@@ -84,6 +87,13 @@ def categorical_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Ten
     """Inverse-CDF draw: logits (n, K), u (n,) uniform in [0, 1) -> category indices (n,)."""
     cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)  # (n, K)
     return (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=logits.shape[-1] - 1)  # (n,)
+
+
+def bernoulli_thresholds(u: torch.Tensor) -> torch.Tensor:
+    """The inverse-CDF draw of `categorical_from_uniform` on logits [0, l], in logit space: x = 1 exactly
+    when l > -logit(u) (the CDF's first step 1 / (1 + e^l) is below u). u (...) in [0, 1) -> thresholds (...),
+    +inf where u = 0; one comparison per draw instead of a softmax."""
+    return -torch.logit(u)
 
 
 @dataclasses.dataclass

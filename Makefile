@@ -13,8 +13,8 @@ endif
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e ".[test]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -25,8 +25,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# The platform's costs and speed-ups, each printed and written to benchmarks/results/ (BENCHMARKS.md).
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/concurrency.py
+	$(BIN)/python benchmarks/cached_sampling.py
+	bash benchmarks/peers.sh
 	$(BIN)/python benchmarks/sampling.py
 
 # The two UIs on 127.0.0.1 (Ctrl-C stops both).

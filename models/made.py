@@ -195,7 +195,7 @@ class MADE(GenerativeModel):
         effective, arrangement = self.order[mask], None  # the layer below's e (unsorted) and its sort
         hidden, ready = [], []
         for layer in self.layers[:-1]:
-            degree = torch.where(layer.mask[mask], effective[None, :], -1).amax(1)  # (h_l,); -1: sees no input
+            degree = torch.where(layer.mask[mask].bool(), effective[None, :], -1).amax(1)  # (h_l,); -1: sees no input
             ordered, units = degree.sort(stable=True)  # (h_l,) each
             weight = (layer.weight * layer.mask[mask]).index_select(0, units)  # (h_l, h_{l-1})
             if arrangement is not None:
@@ -204,7 +204,7 @@ class MADE(GenerativeModel):
             ready.append(torch.searchsorted(ordered, steps).tolist())  # [t]: units with e < t
             effective, arrangement = degree, units
         last = self.layers[-1]
-        connected = last.mask[mask].index_select(0, perm)  # (D, h_L): row t for the dimension drawn at step t
+        connected = last.mask[mask].bool().index_select(0, perm)  # (D, h_L): row t for the dimension drawn at step t
         if (connected & (effective[None, :] >= steps[:, None])).any():
             raise RuntimeError("MADE masks are not autoregressive: an output sees a unit of a later input")
         out_weight = last.weight.index_select(0, perm) * connected  # (D, h_L)

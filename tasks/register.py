@@ -48,14 +48,24 @@ def log_pyfunc(run_id: str, weights: str, data_shape: list[int]):
 
 def register(run_id: str, weights: str, name: str, data_shape: list[int], tags: dict[str, str]) -> str:
     """Log the servable model to the run and register it; returns the new version."""
-    import mlflow
-
-    from tasks.services import client
-
     info = log_pyfunc(run_id, weights, data_shape)
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    version = create_version(name, info, run_id, tags)
     client().set_tag(run_id, Tag.REGISTERED, f"{name}/{version.version}")
     return str(version.version)
+
+
+def create_version(name: str, info, run_id: str, tags: dict[str, str]):
+    """A new version of registered model `name` (created on first use) for the logged model `info`;
+    through the client API, which prints nothing (mlflow.register_model prints two lines a model)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        c.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    return c.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id)
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -82,6 +92,7 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
 
     import genzoo.serving.evaluator
     from tasks import tracking
+
     weights = Path(folder) / "evaluator.pt"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     name = f"evaluator-{dataset}"
@@ -89,7 +100,7 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
         if v.tags.get("weights_sha256") == digest:
             return str(v.version)
     metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    with tracking.tracked_run(root, name, {Tag.DATASET: dataset, "genzoo.kind": "evaluator"}) as run:
+    with tracking.tracked_run(root, name, {Tag.DATASET: dataset, Tag.KIND: "evaluator"}) as run:
         run.metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         run.params({"source": metrics["source"], "binarized": str(metrics["binarized"]),
                     "per_channel": str(metrics.get("per_channel", 0)), "data_hash": metrics["data_hash"]})
@@ -97,8 +108,8 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
             warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
             info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.serving.evaluator.__file__,
                                            artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
-    version = mlflow.register_model(info.model_uri, name, tags={"weights_sha256": digest,
-                                                                "test_accuracy": f"{metrics['test_accuracy']:.4f}"})
+    version = create_version(name, info, run.run_id, {"weights_sha256": digest,
+                                                      "test_accuracy": f"{metrics['test_accuracy']:.4f}"})
     return str(version.version)
 
 

@@ -27,6 +27,7 @@ class Tag:
     REGISTERED = "genzoo.registered_model"
     FAILURE = "genzoo.failure_reason"
     RAY_RUN = "genzoo.ray_run"
+    KIND = "genzoo.kind"  # 'evaluator' on an evaluator network's run
 
 
 @dataclasses.dataclass(frozen=True)

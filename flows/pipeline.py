@@ -13,7 +13,7 @@ from prefect import flow, unmapped
 
 from genzoo.config import Preset
 from genzoo.env import configure
-from tasks.plan import PipelineRequest, plan, plan_models, start_pipeline_run
+from tasks.plan import PipelineRequest, order_trainings, plan, plan_models, start_pipeline_run
 from tasks.schema import PipelineResult
 
 DEFAULT_FAMILIES = ["gan", "vae"]
@@ -50,6 +50,7 @@ def pipeline(
     with ray_session(), start_pipeline_run(checked, prepared, skipped) as (parent, ctx):
         progress.open_board(ctx.run_name, len(requests))
         try:
+            requests = order_trainings(requests, ctx)  # the longest first
             models = build_model.map(requests, unmapped(ctx))  # train -> evaluate -> register, each as it can
             baselines = [evaluate_baseline.submit(ctx, name, folder)
                          for name, folder in prepared.items()]

@@ -12,6 +12,8 @@ from prefect.cache_policies import NO_CACHE
 import models
 from tasks import progress
 from tasks.evaluate import evaluate_model
+from tasks.plan import queue_key
+from tasks.ray_job import admission
 from tasks.register import register_and_promote
 from tasks.schema import ModelRequest, ModelResult, RunContext, Tag
 from tasks.tracking import tracked_run
@@ -50,6 +52,8 @@ def build_model(req: ModelRequest, ctx: RunContext) -> ModelResult:
                 run.fail(result.reason)
     except Exception as exc:  # the tracking store itself failed
         result.reason = result.reason or f"tracking failed: {_first_line(exc)}"
+    finally:  # failed before training: its place in the cluster's queue is given up
+        admission.cancel(queue_key(ctx, req))
     result.status = "FAILED" if result.reason else "FINISHED"
     if not result.ok:
         board.finished(req.name, f"FAILED: {result.reason}")
@@ -63,7 +67,10 @@ def build_model(req: ModelRequest, ctx: RunContext) -> ModelResult:
 def _train_evaluate_register(req: ModelRequest, ctx: RunContext, run, key: str, result: ModelResult,
                              stage: list[str]) -> None:
     result.started_at = time.time()
-    trained = train(req, ctx, run, key)
+    try:
+        trained = train(req, ctx, run, key)
+    finally:  # a reused training never asked for a slot: its place in the queue goes to the next
+        admission.cancel(queue_key(ctx, req))
     result.ended_at = time.time()
     result.train_seconds, result.resumed_from = trained.train_seconds, trained.resumed_from
     result.ray_run, result.reused_from = trained.ray_run, trained.reused_from

@@ -138,3 +138,23 @@ def start_pipeline_run(checked: Plan, prepared: dict[str, str], skipped: list[st
                          {k: None if v is None else str(v) for k, v in evaluators.items()}, r.register, r.reuse,
                          r.fail_once_at_epoch)
         yield parent, ctx
+
+
+@task(name="order-trainings", cache_policy=NO_CACHE)
+def order_trainings(requests: list[ModelRequest], ctx: RunContext) -> list[ModelRequest]:
+    """The longest trainings first (two timed steps each, tasks/ray_job.py:cost_probe), announced to the
+    cluster's admission in that order, so the short ones fill the cores at the end."""
+    import data
+    from tasks import progress
+    from tasks.ray_job import admission, cost_probe
+
+    arrays = {r.prepared_dir: data.load(r.prepared_dir).arrays["train"] for r in requests}
+    cost = {r.name: cost_probe(r.family, r.model, r.train, arrays[r.prepared_dir], r.manifest) for r in requests}
+    ordered = sorted(requests, key=lambda r: -cost[r.name])
+    admission.queue([queue_key(ctx, r) for r in ordered])
+    progress.board(ctx.run_name).expect(cost)
+    return ordered
+
+
+def queue_key(ctx: RunContext, req: ModelRequest) -> str:
+    return f"{ctx.run_name}/{req.name}"

@@ -37,12 +37,18 @@ class Board:
         self.total = total
         self.done = 0
         self.started = time.time()
+        self._cost: dict[str, float] = {}  # expected seconds of each training (the ETA's weights)
+        self._done_cost = 0.0
         # name -> (file, bytes read, last printed at, newest line not printed yet)
         self._follow: dict[str, tuple[Path, int, float, dict | None]] = {}
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="genzoo-progress", daemon=True)
         self._thread.start()
+
+    def expect(self, costs: dict[str, float]) -> None:
+        """The trainings' expected costs (tasks/ray_job.py:cost_probe): the ETA weighs by them."""
+        self._cost = dict(costs)
 
     def training(self, name: str, scratch: str) -> None:
         with self._mutex:
@@ -53,6 +59,7 @@ class Board:
         with self._mutex:
             self._follow.pop(name, None)
             self.done += 1
+            self._done_cost += self._cost.get(name, 0.0)
             done, total = self.done, self.total
         say(f"{name:<20} {message}  [{done}/{total} models{self._eta(done, total)}]")
 
@@ -63,7 +70,12 @@ class Board:
     def _eta(self, done: int, total: int) -> str:
         if not done or done >= total:
             return ""
-        left = (time.time() - self.started) / done * (total - done)
+        elapsed = time.time() - self.started
+        all_cost = sum(self._cost.values())
+        if self._done_cost > 0 and all_cost > self._done_cost:  # by the work left, not the count
+            left = elapsed / self._done_cost * (all_cost - self._done_cost)
+        else:
+            left = elapsed / done * (total - done)
         return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
 
     def _loop(self) -> None:

@@ -175,17 +175,36 @@ def _train_worker(job: TrainJob) -> None:
 class Admission:
     """Admit work only when the cluster has room for it: trainings (and the driver's evaluations,
     which hold one CPU) never oversubscribe it. Ray would queue extra trainings anyway, but a queued
-    Ray Train job already runs a controller process; so this process submits at most what fits."""
+    Ray Train job already runs a controller process; so this process submits at most what fits.
+
+    Trainings announced with `queue` start in the announced order (the pipeline announces the
+    longest first, so the short ones fill in at the end instead of one long one running alone);
+    work that was not announced (evaluations) goes before them.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._used = 0.0
+        self._order: list[str] = []  # announced trainings not started yet, in the order they may start
+
+    def queue(self, keys: list[str]) -> None:
+        with self._cond:
+            self._order.extend(keys)
+
+    def cancel(self, key: str) -> None:
+        """An announced training that will not ask for a slot (reused, or failed before training)."""
+        with self._cond:
+            if key in self._order:
+                self._order.remove(key)
+                self._cond.notify_all()
 
     @contextlib.contextmanager
-    def slot(self, need: float, capacity: float):
+    def slot(self, need: float, capacity: float, key: str | None = None):
         with self._cond:
-            while self._used > 0 and self._used + need > capacity:
+            while not self._may_start(need, capacity, key):
                 self._cond.wait()
+            if key in self._order:
+                self._order.remove(key)
             self._used += need
         try:
             yield
@@ -194,8 +213,37 @@ class Admission:
                 self._used -= need
                 self._cond.notify_all()
 
+    def _may_start(self, need: float, capacity: float, key: str | None) -> bool:
+        fits = self._used == 0 or self._used + need <= capacity
+        ahead = key in self._order and self._order.index(key) > 0
+        return fits and not ahead
+
 
 admission = Admission()
+
+
+def cost_probe(family: str, model_config: dict[str, Any], train_config: dict[str, Any], train: np.ndarray,
+               manifest: dict) -> float:
+    """Seconds a training is expected to take, from two timed steps on one batch at one thread:
+    (seconds per step) x (steps). Only an ordering key for `Admission.queue`."""
+    import models
+    from data.prepared import to_model_space
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = models.build(family, model_config)
+        batch = to_model_space(train[: train_config["batch_size"]], manifest)
+        optimizers = model.configure_optimizers()
+        model.training_step(batch, optimizers)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(2):
+            model.training_step(batch, optimizers)
+        per_step = (time.perf_counter() - t0) / 2
+    finally:
+        torch.set_num_threads(threads)
+    steps = train_config["steps_per_epoch"] or max(1, len(train) // train_config["batch_size"])
+    return per_step * train_config["epochs"] * steps
 
 
 def cpu_capacity() -> float:
@@ -206,9 +254,10 @@ def cpu_capacity() -> float:
 
 def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manifest: dict,
                  model_config: dict[str, Any], train_config: dict[str, Any], storage: Path,
-                 run_tag: str | None = None, fail_once_at_epoch: int | None = None) -> TrainOutcome:
+                 run_tag: str | None = None, fail_once_at_epoch: int | None = None,
+                 queue_key: str | None = None) -> TrainOutcome:
     """Train on the cluster (starting a local one if none is connected); never raises for a failed
-    training: the outcome says FAILED and why."""
+    training: the outcome says FAILED and why. `queue_key`: its place in `admission`'s order."""
     import ray
 
     from tasks.services import cluster_has_gpus, ensure_ray
@@ -230,7 +279,7 @@ def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manif
     capacity = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1.0)
     t0 = time.perf_counter()
     try:
-        with admission.slot(need, capacity):
+        with admission.slot(need, capacity, queue_key):
             t0 = time.perf_counter()  # train_seconds: from admission, not counting the wait for a free slot
             if workers == 1:
                 state, failure = _run_task(job, use_gpu)

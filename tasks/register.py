@@ -107,10 +107,27 @@ def register_evaluator(root: str, dataset: str, folder: str) -> str:
         with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
             info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.serving.evaluator.__file__,
-                                           artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
+                                           artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements(),
+                                           signature=evaluator_signature(folder))
     version = create_version(name, info, run.run_id, {"weights_sha256": digest,
                                                       "test_accuracy": f"{metrics['test_accuracy']:.4f}"})
     return str(version.version)
+
+
+def evaluator_signature(folder: str):
+    """images (n, C, H, W) float32 -> class probabilities (n, classes), or (n, C, classes) per channel."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from genzoo.evaluation import networks
+
+    net, meta = networks.load(folder)
+    cfg = net.digit.config if hasattr(net, "digit") else net.config
+    shape = (meta["per_channel"], *cfg.image_shape[1:]) if meta.get("per_channel") else cfg.image_shape
+    out = (-1, meta["per_channel"], cfg.num_classes) if meta.get("per_channel") else (-1, cfg.num_classes)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *shape))]),
+                          outputs=Schema([TensorSpec(np.dtype("float32"), out)]))
 
 
 def register_evaluators(ctx: RunContext, prepared: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import progress
+from tasks.plan import queue_key
 from tasks.ray_job import ray_storage, run_training
 from tasks.schema import ModelRequest, RunContext, Tag
 from tasks.tracking import TrackedRun, client, flatten
@@ -66,7 +67,7 @@ def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trai
     storage = ray_storage(Path(ctx.root))
     board.training(req.name, str(storage / "_scratch" / f"{req.name}-{ctx.tag}"))
     outcome = run_training(req.family, req.dataset, arrays, req.manifest, req.model, req.train, storage, ctx.tag,
-                           ctx.fail_once_at_epoch)
+                           ctx.fail_once_at_epoch, queue_key(ctx, req))
     for row in outcome.history:
         run.metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     run.metrics({"train_seconds": outcome.seconds})

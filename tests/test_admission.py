@@ -1,0 +1,57 @@
+"""tasks/ray_job.py:Admission: the cluster's CPUs are never oversubscribed, announced trainings
+start in their announced order (the longest first), and one that never asks does not block."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tasks.ray_job import Admission
+
+
+def _run(admission: Admission, jobs: list[tuple[str | None, float, float]], capacity: float = 2.0):
+    """Threads asking for slots in the listed order (a little apart); returns (start order, peak use)."""
+    started, lock = [], threading.Lock()
+    in_use = [0.0, 0.0]  # now, peak
+
+    def job(key, need, seconds):
+        with admission.slot(need, capacity, key):
+            with lock:
+                started.append(key)
+                in_use[0] += need
+                in_use[1] = max(in_use[1], in_use[0])
+            time.sleep(seconds)
+            with lock:
+                in_use[0] -= need
+
+    threads = [threading.Thread(target=job, args=spec) for spec in jobs]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(timeout=10)
+    return started, in_use[1]
+
+
+def test_announced_trainings_start_in_order_and_never_oversubscribe():
+    a = Admission()
+    a.queue(["long", "mid", "short", "tiny"])
+    started, peak = _run(a, [("tiny", 1, 0.05), ("short", 1, 0.05), ("mid", 1, 0.1), ("long", 1, 0.1)])
+    assert started == ["long", "mid", "short", "tiny"]
+    assert peak <= 2.0
+
+
+def test_a_training_that_never_asks_is_cancelled_not_waited_for():
+    a = Admission()
+    a.queue(["reused", "next"])
+    threading.Timer(0.1, a.cancel, args=("reused",)).start()  # e.g. a reused training: no slot needed
+    started, _ = _run(a, [("next", 1, 0.01)])
+    assert started == ["next"]
+
+
+def test_unannounced_work_goes_first_and_big_jobs_take_the_whole_cluster():
+    a = Admission()
+    a.queue(["two-cpus", "one-cpu"])
+    started, peak = _run(a, [(None, 1, 0.1), ("one-cpu", 1, 0.01), ("two-cpus", 2, 0.05)])
+    assert started[0] is None  # an evaluation, never announced, is not held behind the queue
+    assert started[1:] == ["two-cpus", "one-cpu"] and peak <= 2.0

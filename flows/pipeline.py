@@ -50,7 +50,7 @@ def pipeline(
     with ray_session(), start_pipeline_run(checked, prepared, skipped) as (parent, ctx):
         progress.open_board(ctx.run_name, len(requests))
         try:
-            requests = order_trainings(requests, ctx)  # the longest first
+            requests = order_trainings(requests, ctx, list(prepared))  # the longest first, baselines last
             models = build_model.map(requests, unmapped(ctx))  # train -> evaluate -> register, each as it can
             baselines = [evaluate_baseline.submit(ctx, name, folder)
                          for name, folder in prepared.items()]

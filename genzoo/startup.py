@@ -1,5 +1,6 @@
 """Start-up paid once and side by side: Prefect's temporary API server (when PREFECT_API_URL is
-unset) starts in a thread while Ray starts in this one, before the flow asks for either."""
+unset) starts in a thread while Ray starts in this one and its worker processes import torch and
+genzoo, before the flow asks for any of them."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ def warm_up() -> None:
 
     thread = threading.Thread(target=prefect_server, name="prefect-server", daemon=True)
     thread.start()
+    from tasks.ray_job import warm_workers
     from tasks.services import ensure_ray
 
-    ensure_ray()
+    if ensure_ray() and not os.environ.get("RAY_ADDRESS"):
+        warm_workers()  # torch and genzoo imported in the worker processes the trainings will use
     thread.join()
 
 

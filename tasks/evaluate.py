@@ -82,6 +82,7 @@ def evaluate_baseline(ctx: RunContext, dataset: str, prepared_dir: str) -> Model
     this task owns. A baseline is a reference, never a reason to stop the flow: an error marks its
     run FAILED and the row says why."""
     from genzoo import baselines
+    from tasks.plan import queue_key
     from tasks.ray_job import admission, cpu_capacity
 
     ecfg = EvalConfig(**ctx.evaluate)
@@ -89,10 +90,11 @@ def evaluate_baseline(ctx: RunContext, dataset: str, prepared_dir: str) -> Model
     result = ModelResult(baselines.NAME, dataset, branch=baselines.BRANCH)
     tags = {Tag.FAMILY: baselines.NAME, Tag.DATASET: dataset, Tag.DATA_HASH: prepared.manifest["hash"],
             Tag.BRANCH: baselines.BRANCH}
+    key = queue_key(ctx, f"baseline-{dataset}")
     with tracked_run(ctx.root, f"{baselines.NAME}-{dataset}", tags, ctx.parent_run_id) as run:
         result.run_id = run.run_id
         try:
-            with admission.slot(1.0, cpu_capacity()):
+            with admission.slot(1.0, cpu_capacity(), key):  # after the trainings (tasks/plan.py)
                 torch.set_num_threads(1)
                 model = baselines.FactorisedBaseline(prepared.tensor("train"), prepared.kind, prepared.levels)
                 n = sample_count(prepared.manifest, ecfg)
@@ -103,4 +105,6 @@ def evaluate_baseline(ctx: RunContext, dataset: str, prepared_dir: str) -> Model
         except Exception as exc:
             result.reason = f"baseline failed: {exc}"
             run.fail(result.reason)
+        finally:
+            admission.cancel(key)
     return result

@@ -53,7 +53,7 @@ def build_model(req: ModelRequest, ctx: RunContext) -> ModelResult:
     except Exception as exc:  # the tracking store itself failed
         result.reason = result.reason or f"tracking failed: {_first_line(exc)}"
     finally:  # failed before training: its place in the cluster's queue is given up
-        admission.cancel(queue_key(ctx, req))
+        admission.cancel(queue_key(ctx, req.name))
     result.status = "FAILED" if result.reason else "FINISHED"
     if not result.ok:
         board.finished(req.name, f"FAILED: {result.reason}")
@@ -70,7 +70,7 @@ def _train_evaluate_register(req: ModelRequest, ctx: RunContext, run, key: str, 
     try:
         trained = train(req, ctx, run, key)
     finally:  # a reused training never asked for a slot: its place in the queue goes to the next
-        admission.cancel(queue_key(ctx, req))
+        admission.cancel(queue_key(ctx, req.name))
     result.ended_at = time.time()
     result.train_seconds, result.resumed_from = trained.train_seconds, trained.resumed_from
     result.ray_run, result.reused_from = trained.ray_run, trained.reused_from

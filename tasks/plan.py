@@ -141,20 +141,24 @@ def start_pipeline_run(checked: Plan, prepared: dict[str, str], skipped: list[st
 
 
 @task(name="order-trainings", cache_policy=NO_CACHE)
-def order_trainings(requests: list[ModelRequest], ctx: RunContext) -> list[ModelRequest]:
-    """The longest trainings first (two timed steps each, tasks/ray_job.py:cost_probe), announced to the
-    cluster's admission in that order, so the short ones fill the cores at the end."""
+def order_trainings(requests: list[ModelRequest], ctx: RunContext, datasets: list[str]) -> list[ModelRequest]:
+    """The cluster's admission order: the longest trainings first (two timed steps each,
+    tasks/ray_job.py:cost_probe), so the short ones fill the cores at the end, then the datasets'
+    baselines (references: they never hold a CPU a training is waiting for)."""
     import data
     from tasks import progress
-    from tasks.ray_job import admission, cost_probe
+    from tasks.ray_job import admission, cost_probe, cpu_capacity
 
-    arrays = {r.prepared_dir: data.load(r.prepared_dir).arrays["train"] for r in requests}
-    cost = {r.name: cost_probe(r.family, r.model, r.train, arrays[r.prepared_dir], r.manifest) for r in requests}
-    ordered = sorted(requests, key=lambda r: -cost[r.name])
-    admission.queue([queue_key(ctx, r) for r in ordered])
-    progress.board(ctx.run_name).expect(cost)
+    ordered = requests
+    if sum(r.train["num_workers"] * r.train["cpus_per_worker"] for r in requests) > cpu_capacity():
+        arrays = {r.prepared_dir: data.load(r.prepared_dir).arrays["train"] for r in requests}
+        cost = {r.name: cost_probe(r.family, r.model, r.train, arrays[r.prepared_dir], r.manifest) for r in requests}
+        ordered = sorted(requests, key=lambda r: -cost[r.name])
+        progress.board(ctx.run_name).expect(cost)
+    admission.queue([queue_key(ctx, r.name) for r in ordered] + [queue_key(ctx, f"baseline-{d}") for d in datasets])
     return ordered
 
 
-def queue_key(ctx: RunContext, req: ModelRequest) -> str:
-    return f"{ctx.run_name}/{req.name}"
+def queue_key(ctx: RunContext, name: str) -> str:
+    """A training's (or baseline's) place in the admission queue: unique across concurrent runs."""
+    return f"{ctx.run_name}/{name}"

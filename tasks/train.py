@@ -67,7 +67,7 @@ def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trai
     storage = ray_storage(Path(ctx.root))
     board.training(req.name, str(storage / "_scratch" / f"{req.name}-{ctx.tag}"))
     outcome = run_training(req.family, req.dataset, arrays, req.manifest, req.model, req.train, storage, ctx.tag,
-                           ctx.fail_once_at_epoch, queue_key(ctx, req))
+                           ctx.fail_once_at_epoch, queue_key(ctx, req.name))
     for row in outcome.history:
         run.metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     run.metrics({"train_seconds": outcome.seconds})

@@ -1,6 +1,8 @@
 """Start-up paid once and side by side: Prefect's temporary API server (when PREFECT_API_URL is
-unset) starts in a thread while Ray starts in this one and its worker processes import torch and
-genzoo, before the flow asks for any of them."""
+unset) starts in a thread while Ray starts in this one, before the flow asks for either.
+
+NOTE: pre-warming Ray worker processes here (a no-op task per CPU importing torch and genzoo) was
+tried and removed: in a demo run one of the two CPUs then ran no training for two minutes."""
 
 from __future__ import annotations
 
@@ -25,11 +27,9 @@ def warm_up() -> None:
 
     thread = threading.Thread(target=prefect_server, name="prefect-server", daemon=True)
     thread.start()
-    from tasks.ray_job import warm_workers
     from tasks.services import ensure_ray
 
-    if ensure_ray() and not os.environ.get("RAY_ADDRESS"):
-        warm_workers()  # torch and genzoo imported in the worker processes the trainings will use
+    ensure_ray()
     thread.join()
 
 

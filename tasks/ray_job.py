@@ -246,21 +246,6 @@ def cost_probe(family: str, model_config: dict[str, Any], train_config: dict[str
     return per_step * train_config["epochs"] * steps
 
 
-def _warm_worker() -> None:
-    """What every training imports, loaded once in a worker process that later trainings reuse."""
-    import data.prepared  # noqa: F401
-    import genzoo.training  # noqa: F401
-    import models  # noqa: F401
-
-
-def warm_workers() -> None:
-    """Start one warm worker per CPU of a local cluster (not waited for: it overlaps other start-up)."""
-    import ray
-
-    for _ in range(int(cpu_capacity())):
-        ray.remote(_warm_worker).options(num_cpus=1).remote()
-
-
 def cpu_capacity() -> float:
     import ray
 

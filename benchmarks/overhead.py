@@ -94,7 +94,7 @@ def main() -> None:
         "startup_seconds": round(started, 2), "train_seconds_in_pipeline": round(row.train_seconds, 2),
         "evaluation_seconds": round(evaluation, 2), "evaluation_samples": int(metrics.get("samples_drawn", 0)),
         "breakdown_seconds": {  # where the pipeline's time went, in order
-            "start-up (Prefect API server, Ray, warm workers)": round(started, 2),
+            "start-up (Prefect API server, Ray)": round(started, 2),
             "flow start to the train task (dvc repro check, plan, MLflow run)": round(row.started_at - wall0 - started, 2),
             "train task (data to Ray, fit, weights to MLflow)": round(row.ended_at - row.started_at, 2),
             "of which the fit (from admission)": round(row.train_seconds, 2),

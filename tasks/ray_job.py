@@ -303,7 +303,8 @@ def _run_task(job: TrainJob, use_gpu: bool) -> tuple[dict | None, str | None]:
     retries = job.train["max_failures"]
     remote = ray.remote(_task_body).options(
         num_cpus=job.train["cpus_per_worker"], num_gpus=1 if use_gpu else 0, name=job.run_name,
-        max_retries=retries, retry_exceptions=True)
+        max_retries=retries, retry_exceptions=True,
+        scheduling_strategy="SPREAD")  # on a multi-node cluster, trainings go to different nodes first
     out = ray.get(remote.remote(job))
     return out.get("state"), out.get("nonfinite")
 

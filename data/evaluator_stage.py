@@ -19,13 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import data
 from data.errors import DataError
-from genzoo.evaluation.networks import (EVALUATOR_FILE, METRICS_FILE, Evaluator, EvaluatorConfig, PerChannelEvaluator,
-                                       accuracy, train_evaluator)
+from genzoo.evaluation.networks import EVALUATOR_FILE, METRICS_FILE, accuracy, train_evaluator
 KNOWN = {"source", "binarize", "per_channel", "epochs", "batch_size", "seed", "lr", "width", "feature_dim", "threads"}
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from data import sources
+from data import sources, user
 from data.errors import DataError
 from data.prepare import split, write
 from data.prepared import Prepared, load, to_model_space
@@ -86,7 +86,7 @@ def prepare(spec: str, out_dir: str | Path, params: dict | None, project_raw: Pa
         folders = sources.data_folders(raw_name, data_dir, project_raw)
         raw = builder(params, folders, project_raw / raw_name)
     else:
-        raw = sources.user_data(Path(spec))
+        raw = user.read(Path(spec))
     split_params = {k: params.get(k, v) for k, v in SPLIT_DEFAULTS.items()}
     splits = split(raw, **split_params)
     return write(dataset_name(spec), raw, splits, Path(out_dir), params)

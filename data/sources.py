@@ -23,9 +23,6 @@ import numpy as np
 
 from data.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 @dataclasses.dataclass
 class Raw:
     """Arrays of one dataset before splitting. `splits` holds given splits (name -> (x, labels or None))."""
@@ -242,61 +239,7 @@ def binarized_mnist(folders: list[Path], download_to: Path) -> Raw:
     return Raw("binary", 2, splits, "binarized MNIST, fixed split of Larochelle & Murray 2011", dict(BINARIZED_FILES))
 
 
-# ---------------------------------------------------------------------- user data
-def user_data(path: Path) -> Raw:
-    """A .npy/.npz array file (N, D) or (N, C, H, W) / (N, H, W), or a folder of PNG/JPEG images."""
-    if not path.exists():
-        raise DataError(f"dataset path {path} does not exist")
-    if path.is_dir():
-        x, files = _image_folder(path)
-    elif path.suffix == ".npy":
-        x = _load_array(path, lambda: np.load(path, allow_pickle=False))
-        files = {path.name: sha256_file(path)}
-    elif path.suffix == ".npz":
-        def read():
-            with np.load(path, allow_pickle=False) as archive:
-                if not archive.files:
-                    raise DataError(f"{path} holds no arrays")
-                key = "x" if "x" in archive.files else archive.files[0]
-                return archive[key]
-        x = _load_array(path, read)
-        files = {path.name: sha256_file(path)}
-    else:
-        raise DataError(f"{path} is not a .npy/.npz file or a folder of images")
-    return Raw(*_infer_kind(x, path), {"all": (_canonical_shape(x, path), None)}, f"user data {path}", files)
-
-
-def _load_array(path: Path, read) -> np.ndarray:
-    try:
-        x = read()
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path} is not a readable numpy array file ({exc})") from None
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"{path} holds {x.dtype} values; genzoo needs numbers")
-    return x
-
-
-def _image_folder(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    from PIL import Image, UnidentifiedImageError
-
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"folder {path} holds no PNG or JPEG images")
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("L")))  # NOTE: colour images are read as greyscale
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"image {f} is corrupt or unreadable ({exc})") from None
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise DataError(f"images in {path} have different sizes {sorted(shapes)}; genzoo needs one size")
-    return np.stack(images)[:, None], {f.name: sha256_file(f) for f in files}
-
-
+# ---------------------------------------------------------------------- user data (data/user.py reads it)
 def _canonical_shape(x: np.ndarray, path: Path) -> np.ndarray:
     if x.ndim == 3:
         return x[:, None]  # (N, H, W) -> (N, 1, H, W)

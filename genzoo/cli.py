@@ -14,16 +14,30 @@ Bad input exits with status 2 and one sentence naming the problem.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from genzoo.env import configure
 
 EXIT_BAD_INPUT = 2
+MAX_FETCH_SAMPLES = 100_000  # `fetch -n`: the samples are drawn and held in memory at once
+MAX_SEED = 2 ** 32 - 1  # numpy's seeds (genzoo/config.py: MAX_SEED)
+# Registered model names, aliases and run names reach MLflow filter strings ("name='...'"): no quotes there.
+REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class UsageError(ValueError):
     pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in genzoo's form: one line `error: ...` and exit status 2 (no usage block)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _csv(text: str) -> list[str]:
@@ -31,21 +45,12 @@ def _csv(text: str) -> list[str]:
 
 
 def _overrides(items: list[str]) -> tuple[dict, dict, dict]:
-    """--set train.epochs=3 / evaluate.n_image_samples=10000 / vae.lr=0.001
-    -> (train overrides, evaluate overrides, model overrides)."""
-    import yaml
+    """--set train.epochs=3 / evaluate.n_image_samples=10000 / vae.lr=0.001, each read as its field's
+    type (genzoo/config.py: parse_overrides) -> (train overrides, evaluate overrides, model overrides)."""
+    from genzoo.config import parse_overrides
 
-    train, evaluate, model = {}, {}, {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise UsageError(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=3, evaluate.seed=1 or vae.lr=0.001), "
-                             f"got '{item}'")
-        parsed = yaml.safe_load(value)
-        target = {"train": train, "evaluate": evaluate}.get(section)
-        (target if target is not None else model.setdefault(section, {}))[name] = parsed
-    return train, evaluate, model
+    parsed = parse_overrides(items)
+    return parsed.train, parsed.evaluate, parsed.models
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -62,13 +67,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             train_over[key] = getattr(args, key)
     if args.use_gpu:
         train_over["use_gpu"] = args.use_gpu
-    from tasks.plan import PipelineRequest, plan
+    from tasks.plan import PipelineRequest, check_cluster, plan
 
     root = configure()
-    plan(PipelineRequest(families, datasets, args.preset, train_over, model_over, eval_over), root)  # fail fast
+    checked = plan(PipelineRequest(families, datasets, args.preset, train_over, model_over, eval_over), root)  # fail fast
     from genzoo import startup
 
     startup.warm_up()  # Prefect's API server and Ray start side by side
+    check_cluster(checked)  # a RAY_ADDRESS cluster's resources are known only now: before any training
     result = pipeline(families=families, datasets=datasets, preset=args.preset, train_overrides=train_over or None,
                       model_overrides=model_over or None, register_models=not args.no_register,
                       reuse_trainings=not args.retrain, evaluate_overrides=eval_over or None)
@@ -77,8 +83,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def check_model_ref(ref: str) -> None:
+    """NAME, NAME@ALIAS or NAME/VERSION (or models:/ followed by one) with a plain name and alias, so
+    nothing the user typed can change an MLflow filter string."""
+    body = ref[len("models:/"):] if ref.startswith("models:/") else ref
+    name, alias = body.split("@", 1) if "@" in body else (body, None)
+    name, version = name.split("/", 1) if "/" in name and alias is None else (name, None)
+    if not REF_NAME_RE.match(name):
+        raise UsageError(f"model name '{name}' in '{ref}' is not a registered model name "
+                         f"(letters, digits, '-', '_', '.'; e.g. gan-mnist)")
+    if alias is not None and not re.match(r"^[A-Za-z0-9_-]+$", alias):
+        raise UsageError(f"alias '{alias}' in '{ref}' is not a model alias (letters, digits, '-', '_'; e.g. champion)")
+    if version is not None and not version.isdigit():
+        raise UsageError(f"model version must be a number, got '{version}' in '{ref}'")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {seed}")
+
+
+def check_output(out: Path, suffixes: tuple[str, ...]) -> Path:
+    """The output file's suffix, and that its folder is (or can be made) writable: checked before any
+    model is loaded. Nothing is left behind by the check."""
+    if out.suffix not in suffixes:
+        raise UsageError(f"output file must end in {' or '.join(suffixes)}, got '{out}'")
+    if out.is_dir():
+        raise UsageError(f"output {out} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        with tempfile.TemporaryFile(dir=folder):  # the real test of writability (os.access ignores mounts)
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write output {out}: folder {folder} is not writable ({exc.strerror or exc})") from None
+    return out
+
+
+def write_output(out: Path, write) -> None:
+    """Create the output's folder and call write(); an OSError is a sentence naming the file."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write()
+    except OSError as exc:
+        raise UsageError(f"cannot write output {out}: {exc.strerror or exc}") from None
+
+
 def parse_model_uri(ref: str) -> str:
     """NAME, NAME@ALIAS or NAME/VERSION -> an MLflow models:/ URI (latest version for a bare NAME)."""
+    check_model_ref(ref)
     if ref.startswith("models:/"):
         return ref
     if "@" in ref:
@@ -106,21 +162,20 @@ def _tracking() -> str:
 def cmd_fetch(args: argparse.Namespace) -> int:
     import numpy as np
 
-    out = Path(args.output)
-    if out.suffix not in (".npy", ".png"):
-        raise UsageError(f"output file must end in .npy or .png, got '{out}'")
-    if args.n <= 0:
-        raise UsageError(f"-n must be positive, got {args.n}")
+    if not 0 < args.n <= MAX_FETCH_SAMPLES:
+        raise UsageError(f"-n must be from 1 to {MAX_FETCH_SAMPLES:,}, got {args.n}")
+    check_seed(args.seed)
+    check_model_ref(args.name)
+    out = check_output(Path(args.output), (".npy", ".png"))
     uri, model = load_registered(args.name)
     x = model.predict({"n": args.n, "seed": args.seed})
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
-        np.save(out, x)
+        write_output(out, lambda: np.save(out, x))
     else:
         from genzoo.plots import save_samples
 
         try:
-            save_samples(x, out, title=args.name)
+            write_output(out, lambda: save_samples(x, out, title=args.name))
         except ValueError as exc:
             raise UsageError(f"{exc}; write .npy instead") from None
     print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {uri} to {out}")
@@ -146,12 +201,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     from data.prepared import rows_for_model
     from genzoo.training import log_likelihoods
 
-    out = Path(args.output)
-    if out.suffix != ".npy":
-        raise UsageError(f"output file must end in .npy, got '{out}'")
+    check_seed(args.seed)
+    check_model_ref(args.name)
+    out = check_output(Path(args.output), (".npy",))
     data_path = Path(args.data)
     if not data_path.is_file():
         raise DataError(f"data file {data_path} does not exist")
+    if data_path.suffix != ".npy":
+        raise DataError(f"data file {data_path} must be a .npy array")
+    from data import user
+
+    user.check_values(user.inspect(data_path, min_rows=1))  # readable, numeric, bounded, finite: before any model loads
     uri, pyfunc = load_registered(args.name)
     model = pyfunc.unwrap_python_model().model
     if model.likelihood_kind == "none":
@@ -164,8 +224,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     rows = rows_for_model(x, c.data_shape, c.data_kind, c.levels, str(data_path))
     torch.manual_seed(args.seed)
     ll = log_likelihoods(model, rows).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, ll)
+    write_output(out, lambda: np.save(out, ll))
     method = model.likelihood_method or model.likelihood_kind
     print(f"wrote {len(ll)} per-example log-likelihoods in nats ({model.likelihood_kind}: {method}) "
           f"from {uri} to {out}; mean {ll.mean():.3f} nats")
@@ -198,6 +257,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tasks.report import find_pipeline_run, write_report
 
     root = configure()
+    if args.run is not None and not REF_NAME_RE.match(args.run):
+        raise UsageError(f"'{args.run}' is not a pipeline run name or id (letters, digits, '-', '_', '.')")
     try:
         run_id = find_pipeline_run(args.run)
     except LookupError as exc:
@@ -239,7 +300,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from genzoo.config import PRESETS
 
-    p = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="genzoo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the pipeline flow: prepare, train on Ray, evaluate, register, report")

@@ -14,6 +14,7 @@ Unknown keys are rejected with a message that names them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -27,6 +28,13 @@ PRESETS: tuple[str, ...] = get_args(Preset)
 RECIPE_KINDS = ("points", "binary", "small_image", "grey_image", "color_image")
 SCHEDULES = ("constant", "cosine", "step")
 FID_NETWORKS = ("evaluator", "inception")  # evaluate.fid_network: the dataset's own CNN (default), or also Inception-v3
+MAX_SEED = 2 ** 32 - 1  # numpy's seeds are 0..2**32-1
+
+
+def check_seed(key: str, value: int) -> None:
+    """Seeds reach numpy (and torch): 0..MAX_SEED, else a sentence naming the key."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key} must be a seed from 0 to {MAX_SEED}, got {value}")
 
 
 @dataclasses.dataclass
@@ -92,6 +100,7 @@ class TrainConfig(_Strict):
             raise ConfigError(f"train.ema must be in [0, 1), got {self.ema}")
         if self.clip_grad < 0:
             raise ConfigError(f"train.clip_grad must not be negative, got {self.clip_grad}")
+        check_seed("train.seed", self.seed)
 
 
 @dataclasses.dataclass
@@ -116,6 +125,7 @@ class EvalConfig(_Strict):
                 raise ConfigError(f"evaluate.{key} must be positive, got {getattr(self, key)}")
         if self.likelihood_examples < 0:
             raise ConfigError("evaluate.likelihood_examples must not be negative")
+        check_seed("evaluate.seed", self.seed)
 
 
 def recipe_kind(shape: list[int] | tuple[int, ...], kind: str) -> str:
@@ -230,3 +240,85 @@ def load_params(path: str | Path) -> Params:
         evaluate=EvalConfig.from_dict(raw.get("evaluate") or {}, "evaluate"),
         recipes=_check_recipes(raw.get("recipes") or {}, path, FAMILIES),
     )
+
+
+# ---------------------------------------------------------------------- --set overrides
+EXPECTED = {  # how a --set value of each annotated type is written, for the error sentence
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "tuple[int, ...]": "a list of integers such as [64,64]", "tuple[float, ...]": "a list of numbers such as [0.5,1]",
+}
+NOT_SETTABLE = ("data_shape", "data_kind")  # a family's data fields come from the dataset's manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """`--set` items parsed against the typed configs: train.*, evaluate.* and <family>.* values."""
+
+    train: dict[str, Any]
+    evaluate: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+
+
+def parse_overrides(items: list[str]) -> Overrides:
+    """SECTION.KEY=VALUE items -> typed values: `vae.lr=1e-3` is the float 0.001, `train.epochs=[` a
+    ConfigError sentence naming the key and the type it expects, an unknown section or key named."""
+    out = Overrides({}, {}, {})
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. train.epochs=3, evaluate.seed=1 or "
+                              f"vae.lr=0.001), got '{item}'")
+        annotation = _override_fields(section, item).get(name)
+        if annotation is None:
+            known = ", ".join(sorted(_override_fields(section, item)))
+            raise ConfigError(f"--set {item}: unknown key '{name}' for {section} (known keys: {known})")
+        value = parse_value(text, annotation, f"--set {item}: {section}.{name}")
+        target = {"train": out.train, "evaluate": out.evaluate}.get(section)
+        (target if target is not None else out.models.setdefault(section, {}))[name] = value
+    return out
+
+
+def _override_fields(section: str, item: str) -> dict[str, str]:
+    """The settable fields of a --set section and their annotations."""
+    from models import FAMILIES
+
+    if section == "train":
+        cls = TrainConfig
+    elif section == "evaluate":
+        cls = EvalConfig
+    elif section in FAMILIES:
+        cls = FAMILIES[section].Config
+    else:
+        raise ConfigError(f"--set {item}: unknown section '{section}' (train, evaluate or a family: "
+                          f"{', '.join(FAMILIES)})")
+    return {f.name: str(f.type) for f in dataclasses.fields(cls) if f.name not in NOT_SETTABLE}
+
+
+def parse_value(text: str, annotation: str, where: str) -> Any:
+    """One --set value read as its field's type; `where` starts the error sentence."""
+    expected = EXPECTED.get(annotation, f"a {annotation}")
+    bad = ConfigError(f"{where} expects {expected}, got '{text}'")
+    value = text.strip()
+    if annotation == "int":
+        if not value.lstrip("+-").isdigit() or value.count("-") + value.count("+") > 1:
+            raise bad
+        return int(value)
+    if annotation == "float":
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} expects a finite number, got '{text}'")
+        return number
+    if annotation == "bool":
+        if value.lower() not in ("true", "false"):
+            raise bad
+        return value.lower() == "true"
+    if annotation == "str":
+        return value
+    try:  # lists and anything else: YAML, checked by the config class afterwards
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise bad from None

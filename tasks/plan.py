@@ -8,6 +8,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,6 +44,8 @@ class Plan:
     root: Path
     params: Params
     train: TrainConfig
+    # every train config a training of this run may get (the budget's, each recipe's), for `check_cluster`
+    trainings: tuple[tuple[str, TrainConfig], ...] = ()
 
     @property
     def evaluate(self) -> EvalConfig:
@@ -50,7 +54,10 @@ class Plan:
 
 def plan(request: PipelineRequest, root: Path) -> Plan:
     """Check every input before anything runs or is written (the CLI calls this before any service
-    starts; the flow calls it again for runs started from the Prefect UI)."""
+    starts; the flow calls it again for runs started from the Prefect UI, where a bad input fails the
+    flow run with the same sentence). User datasets are read as headers (sizes bounded) and their
+    values checked in chunks; overrides against the typed configs; trainings against the CPUs and
+    GPUs they would need."""
     import data
     import models
     from genzoo.config import load_params
@@ -78,8 +85,110 @@ def plan(request: PipelineRequest, root: Path) -> Plan:
             raise models.ConfigError(f"model overrides for '{f}', which is not among the families {r.families}")
     for f in r.families:  # key and value check of every family's settings
         values = {**params.models.get(f, {}), **(r.model_overrides or {}).get(f, {})}
-        models.get_family(f).Config.from_dict({"data_shape": [1], "data_kind": "points", **values})
-    return Plan(r, root, params, train_cfg)
+        _check_family_values(f, models.get_family(f).Config.from_dict({"data_shape": [1], "data_kind": "points",
+                                                                        **values}))
+    trainings = ((f"the {r.preset} budget's train settings", train_cfg),) + tuple(
+        (f"the {recipe.name} recipe's train settings", recipe.train) for recipe in _recipes(params, r))
+    check_trainings(trainings, local_capacity())
+    for spec in r.datasets:
+        _check_dataset(spec, params)
+    return Plan(r, root, params, train_cfg, trainings)
+
+
+def _recipes(params: Params, r: PipelineRequest) -> list:
+    """Every recipe a family of this run may train with (whichever kind of data it meets)."""
+    return [params.resolve(f, kind, r.preset, r.train_overrides, (r.model_overrides or {}).get(f))
+            for f in r.families for kind in params.recipes.get(f, {})]
+
+
+# Integer settings that are sizes wherever a family has them (a zero there builds an empty network).
+# NOTE: a family's own config is the better place for its checks; these are the ones shared by name.
+SIZE_FIELDS = ("hidden", "latent_dim", "channels", "layers", "width", "depth", "timesteps", "code_dim", "kernel")
+
+
+def _check_family_values(family: str, config: Any) -> None:
+    """What the families' configs do not check themselves: seeds in numpy's range, no negative (or
+    zero, for sizes) integers."""
+    from genzoo.config import check_seed
+    from models import ConfigError
+
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "seed":
+            check_seed(f"{family}.seed", value)
+        elif field.name in SIZE_FIELDS and isinstance(value, int) and value <= 0:
+            raise ConfigError(f"{family}.{field.name} is a size and must be positive, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{family}.{field.name} must not be negative, got {value}")
+        elif isinstance(value, tuple) and any(isinstance(v, int) and v <= 0 for v in value):
+            raise ConfigError(f"{family}.{field.name} must hold positive sizes, got {list(value)}")
+
+
+def _check_dataset(spec: str, params: Params) -> None:
+    """A built-in dataset must have its DVC stage; a user's file or folder is read as headers (size
+    bounded) and its values checked in chunks, so a bad one fails here, not in the prepare step."""
+    import data
+    from data import user
+
+    if data.is_builtin(spec):
+        if spec not in params.datasets:
+            raise data.DataError(f"dataset {spec} is not in the datasets list of params.yaml, "
+                                 f"so dvc.yaml has no stage for it")
+        return
+    user.check_values(user.inspect(Path(spec)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """What a training can be given: CPUs and GPUs, and where (for the sentence)."""
+
+    cpus: float
+    gpus: int
+    where: str
+
+
+def local_capacity() -> Capacity | None:
+    """The connected Ray cluster's resources; else this machine's (the local Ray genzoo would start);
+    None for a RAY_ADDRESS cluster not yet connected (`check_cluster` checks it once connected)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        res = ray.cluster_resources()
+        return Capacity(float(res.get("CPU", 0)), int(res.get("GPU", 0)), "the Ray cluster")
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    import torch
+    from ray._private.utils import get_num_cpus  # what a local ray.init would give its cluster (cgroup limits)
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = min(cpus, get_num_cpus())
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return Capacity(float(cpus), gpus, "this machine")
+
+
+def check_trainings(trainings: tuple[tuple[str, TrainConfig], ...], capacity: Capacity | None) -> None:
+    """Refuse a training that could never be scheduled: more CPUs (or GPUs) than `capacity` has."""
+    from models import ConfigError
+
+    if capacity is None:
+        return
+    for where, t in trainings:
+        need = t.num_workers * t.cpus_per_worker
+        if need > capacity.cpus:
+            raise ConfigError(f"{where}: num_workers {t.num_workers} x cpus_per_worker {t.cpus_per_worker:g} = "
+                              f"{need:g} CPUs per training, but {capacity.where} has {capacity.cpus:g}, so it could "
+                              f"never start (lower --num-workers or train.cpus_per_worker)")
+        if t.use_gpu == "true" and capacity.gpus == 0:
+            raise ConfigError(f"{where}: use_gpu is true but {capacity.where} has no CUDA GPU "
+                              f"(use --use-gpu auto or false)")
+        if t.use_gpu == "true" and t.num_workers > capacity.gpus:
+            raise ConfigError(f"{where}: use_gpu is true with num_workers {t.num_workers}, but {capacity.where} has "
+                              f"{capacity.gpus} GPU(s), one per worker is needed")
+
+
+def check_cluster(checked: Plan) -> None:
+    """Once connected (the CLI calls this right after Ray starts), the trainings against the cluster's
+    own resources: a RAY_ADDRESS cluster too small is refused before any training is submitted."""
+    check_trainings(checked.trainings, local_capacity())
 
 
 @task(name="plan-models", cache_policy=NO_CACHE)

@@ -125,7 +125,7 @@ def test_user_arrays_and_their_errors(tmp_path):
         prep(str(flat), tmp_path / "out")
     junk = tmp_path / "junk.npy"
     junk.write_bytes(b"not numpy")
-    with pytest.raises(DataError, match="not a readable numpy array"):
+    with pytest.raises(DataError, match="not a readable .npy array"):
         prep(str(junk), tmp_path / "out")
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         data.dataset_name("nope")

@@ -357,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error, already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     configure()
     from data.errors import DataError
     from models.base import ConfigError

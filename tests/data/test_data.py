@@ -162,3 +162,104 @@ def test_evaluation_subsets_are_seeded_random_rows_not_the_first(tmp_path):
     assert all(bytes((r * 16).round().numpy().astype(np.uint8)) in rows for r in a)  # rows of the split itself
     assert bool((prepared.subset("test", 0, seed=3) == prepared.tensor("test")).all())  # 0: the whole split
     assert len(prepared.subset("test", 10 ** 6, seed=3)) == len(test)
+
+
+def test_colour_image_folder_keeps_its_channels(tmp_path):
+    """Data read as given: RGB images stay (N, 3, H, W) with 256 levels (a palette image is read as RGB)."""
+    from PIL import Image
+
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(12)]
+    for i, px in enumerate(pictures):
+        Image.fromarray(px).save(folder / f"{i:02d}.png")
+    m, d = prep(str(folder), tmp_path / "out")
+    assert m["kind"] == "image" and m["shape"] == [3, 6, 8] and m["levels"] == 256
+    stored = np.concatenate([d.arrays[s] for s in ("train", "val", "test")])
+    originals = {px.transpose(2, 0, 1).tobytes() for px in pictures}
+    assert {row.tobytes() for row in stored} == originals  # every channel value kept exactly
+    Image.fromarray(pictures[0]).quantize(8).save(folder / "palette.png")  # mode P: read as RGB, not refused
+    m, _ = prep(str(folder), tmp_path / "out2")
+    assert m["shape"] == [3, 6, 8] and sum(m["splits"].values()) == 13
+
+
+def test_image_folders_that_cannot_be_read_as_given_are_refused(tmp_path):
+    from PIL import Image
+
+    from data import user
+
+    rng = np.random.default_rng(0)
+
+    def folder(name, arrays):
+        f = tmp_path / name
+        f.mkdir()
+        for i, a in enumerate(arrays):
+            Image.fromarray(a).save(f / f"{i:02d}.png")
+        return f
+
+    sixteen = folder("sixteen", [rng.integers(0, 65535, (8, 8), dtype=np.uint16) for _ in range(12)])
+    with pytest.raises(DataError, match="16-bit greyscale image .* will not clip"):
+        user.read(sixteen)  # the prepare step's own check (defence in depth), not only plan's
+    mixed = folder("mixed", [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(11)]
+                   + [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)])
+    with pytest.raises(DataError, match=r"mix greyscale and colour: L \(00.png\), RGB \(11.png\)"):
+        user.read(mixed)
+    alpha = folder("alpha", [rng.integers(0, 256, (8, 8, 4), dtype=np.uint8) for _ in range(12)])
+    with pytest.raises(DataError, match="alpha channel"):
+        user.read(alpha)
+
+
+def test_decompression_bomb_is_a_sentence(tmp_path, monkeypatch):
+    """PIL's guard (a warning over MAX_IMAGE_PIXELS, an error over twice that) becomes a DataError."""
+    from PIL import Image
+
+    from data import user
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 400 pixels: over the limit, under twice it
+    with pytest.raises(DataError, match="decompression-bomb limit"):
+        user.inspect(folder)
+
+
+def test_array_headers_are_checked_before_the_data_is_read(tmp_path):
+    """A header claiming 10^12 rows, a truncated file, object data: refused from the header alone."""
+    import zipfile
+
+    from data import user
+
+    claims = tmp_path / "claims.npy"
+    with open(claims, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12, 2)})
+    assert claims.stat().st_size < 200
+    with pytest.raises(DataError, match="8,000,000,000,000 bytes of data .* more than the limit"):
+        user.inspect(claims)
+    cut = tmp_path / "cut.npz"
+    np.savez(cut, x=np.zeros((50, 2)))
+    with zipfile.ZipFile(cut) as z:
+        member = z.read("x.npy")
+    with zipfile.ZipFile(cut, "w") as z:
+        z.writestr("x.npy", member[:-16])
+    with pytest.raises(DataError, match="array 'x' in .*cut.npz holds .* bytes but its header promises"):
+        user.inspect(cut)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x=np.array([None] * 20, dtype=object).reshape(10, 2))
+    with pytest.raises(DataError, match="holds object data; genzoo reads plain numeric arrays only"):
+        user.inspect(objects)
+
+
+def test_npy_is_memory_mapped_and_values_checked_in_chunks(tmp_path, monkeypatch):
+    from data import user
+
+    big = tmp_path / "rows.npy"
+    x = np.zeros((5000, 4), dtype=np.float32)
+    x[4321, 2] = np.inf
+    np.save(big, x)
+    monkeypatch.setattr(user, "CHUNK_BYTES", 1600)  # 100 rows a chunk
+    h = user.inspect(big)
+    assert isinstance(user._array(h), np.memmap)
+    with pytest.raises(DataError, match="first in row 4321"):
+        user.check_values(h)

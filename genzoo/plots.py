@@ -87,7 +87,7 @@ def vectors(x: np.ndarray, path: str | Path, reference: np.ndarray | None = None
             panels[0].scatter(p[:, 0], p[:, 1] if p.shape[1] > 1 else np.zeros(len(p)), s=3, alpha=0.4,
                               c=colour, label=label)
     panels[0].set_title(f"{title} PCA" if title else "PCA", fontsize=9)
-    panels[0].legend(fontsize=7)
+    panels[0].legend(fontsize=7, loc="upper right")
     if binary:
         dims = np.arange(x.shape[1])
         if ref is not None:

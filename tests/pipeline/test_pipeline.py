@@ -58,12 +58,18 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
         assert "test_nll" not in rows["gan", ds]
     assert rows["vae", "digits"]["test_bits_per_dim"] == pytest.approx(
         rows["vae", "digits"]["test_nll"] / (64 * np.log(2)))
-    # the four trainings computed at the same time on the one Ray cluster: each worker's own record of
-    # when it started computing (its pid file, written once the model is built) and of its last epoch
+    # When each training computed, by its worker's own record: the pid file, written once the model is
+    # built, and the last epoch's progress line; both after the admission wait the row's started_at precedes.
+    # NOTE: they are NOT asserted to overlap: measured at this budget they ran one after another (spans
+    # 0-2.5, 2.7-2.7, 2.8-3.0 and 14.2-17.2 s): a smoke training computes for about a second, less than
+    # Ray takes to start a second worker process, so the first warm worker runs them in turn. The old
+    # check (stamps taken before the admission wait) passed anyway. Concurrency needs longer trainings:
+    # benchmarks/concurrency.py measures it at the quick budget.
     scratch = project / "ray_results" / "_scratch"
-    spans = [((scratch / r["ray_run"] / "worker-0.pid").stat().st_mtime,
-              (scratch / r["ray_run"] / "progress.jsonl").stat().st_mtime) for r in rows.values()]
-    assert max(start for start, _ in spans) < min(end for _, end in spans), spans
+    for r in rows.values():
+        start = (scratch / r["ray_run"] / "worker-0.pid").stat().st_mtime
+        end = (scratch / r["ray_run"] / "progress.jsonl").stat().st_mtime
+        assert r["started_at"] < start < end < r["ended_at"], (r.name, r["started_at"], start, end, r["ended_at"])
     for fam in ("gan", "vae"):  # how the evaluator labels the digits samples
         assert 1 <= rows[fam, "digits"]["classes_hit"] <= 10 and 0.1 <= rows[fam, "digits"]["max_class_share"] <= 1
     report = Path(first_run.report).read_text()

@@ -8,7 +8,8 @@ every model whether it learned more than the marginals.
 - real vectors (points): one Gaussian with the data's mean and full covariance; a density.
 
 A family "beats the baseline" (`beats_baseline`) on its primary measure: the test NLL where it has
-a likelihood, else the modes captured and then the KL on mode-counted data, else the FID.
+a likelihood, else the modes captured and then the KL on mode-counted data, else the energy distance
+to the test rows on vector data, else the FID.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def beats_baseline(row: dict, baseline: dict) -> bool | None:
             return row["modes_captured"] > baseline["modes_captured"]
         if finite("high_quality_fraction", row) and finite("high_quality_fraction", baseline):
             return row["high_quality_fraction"] > baseline["high_quality_fraction"]
+    if finite("energy_distance", row) and finite("energy_distance", baseline):
+        return row["energy_distance"] < baseline["energy_distance"]
     if finite("fid", row) and finite("fid", baseline):
         return row["fid"] < baseline["fid"]
     return None

@@ -1,4 +1,6 @@
-"""Sample pictures: a PNG grid for images, a scatter for 2-D points."""
+"""Sample pictures: a PNG grid for images, a scatter for 2-D points, and for vectors of any other width
+a projection onto the reference data's first two principal components (samples over data) beside
+a grid of per-feature marginals."""
 
 from __future__ import annotations
 
@@ -51,11 +53,76 @@ def scatter(x: np.ndarray, path: str | Path, centers: np.ndarray | None = None, 
     return path
 
 
-def save_samples(x: np.ndarray, path: str | Path, centers: np.ndarray | None = None, title: str = "") -> Path:
-    """Grid for image-shaped samples, scatter for 2-D points."""
+MARGINAL_PANELS = 11  # features drawn as marginals beside the projection (the first ones)
+
+
+def principal_axes(reference: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and the first min(k, D) principal directions (D, k') of the reference rows."""
+    mean = reference.mean(0)
+    _, _, vt = np.linalg.svd(reference - mean, full_matrices=False)
+    return mean, vt[:k].T
+
+
+def vectors(x: np.ndarray, path: str | Path, reference: np.ndarray | None = None, title: str = "",
+            binary: bool = False) -> Path:
+    """(n, D) samples: PCA projection onto the reference's first two components (the samples' own
+    when no reference is given), samples over the reference; then the marginals of the first
+    MARGINAL_PANELS features (histograms, or for binary data every feature's mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    mean, axes = principal_axes(x if ref is None else ref)
+    features = 1 if binary else min(MARGINAL_PANELS, x.shape[1])
+    cols = min(4, 1 + features)
+    rows = -(-(1 + features) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), dpi=80, squeeze=False)
+    panels = grid.ravel()
+    for data, colour, label in ((ref, "grey", "data"), (x, "tab:blue", "samples")):
+        if data is not None:
+            p = (data - mean) @ axes  # (n, k)
+            panels[0].scatter(p[:, 0], p[:, 1] if p.shape[1] > 1 else np.zeros(len(p)), s=3, alpha=0.4,
+                              c=colour, label=label)
+    panels[0].set_title(f"{title} PCA" if title else "PCA", fontsize=9)
+    panels[0].legend(fontsize=7, loc="upper right")
+    if binary:
+        dims = np.arange(x.shape[1])
+        if ref is not None:
+            panels[1].bar(dims - 0.2, ref.mean(0), width=0.4, color="grey", label="data")
+        panels[1].bar(dims + 0.2, x.mean(0), width=0.4, color="tab:blue", label="samples")
+        panels[1].set_title("feature means", fontsize=9)
+    for j in range(0 if binary else features):
+        ax = panels[1 + j]
+        values = [x[:, j]] + ([] if ref is None else [ref[:, j]])
+        bins = np.histogram_bin_edges(np.concatenate(values), bins=30)
+        if ref is not None:
+            ax.hist(ref[:, j], bins=bins, density=True, color="grey", alpha=0.5)
+        ax.hist(x[:, j], bins=bins, density=True, color="tab:blue", alpha=0.5)
+        ax.set_title(f"feature {j}", fontsize=9)
+    for ax in panels[1 + features:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_samples(x: np.ndarray, path: str | Path, centers: np.ndarray | None = None, title: str = "",
+                 reference: np.ndarray | None = None, binary: bool | None = None) -> Path:
+    """Grid for image-shaped samples, scatter for 2-D points, projection and marginals for other
+    vectors (over `reference` rows, e.g. the test split, when given; binary vectors, which `binary`
+    says or else their 0/1 values, get their feature means as marginals)."""
     x = np.asarray(x)
     if x.ndim == 4:
         return image_grid(x, path)
     if x.ndim == 2 and x.shape[1] == 2:
         return scatter(x, path, centers, title)
-    raise ValueError(f"cannot draw samples of shape {x.shape[1:]}: only images and 2-D points")
+    if x.ndim == 2 and len(x) >= 1:
+        if binary is None:
+            binary = bool(np.isin(x, (0, 1)).all())
+        return vectors(x, path, reference, title, binary=binary)
+    raise ValueError(f"cannot draw samples of shape {x.shape[1:]}: only images and vectors")

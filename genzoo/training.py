@@ -156,6 +156,8 @@ def fit(
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         torch.manual_seed(cfg.seed * 100_003 + epoch * 7919 + rank)  # the model's own noise
+        # ... and the noise families draw through step_noise: one stream on every worker (their strides of it)
+        model.step_generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7919)
         model.train()
         sums: dict[str, Any] = {}
         for step in range(steps):

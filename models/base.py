@@ -19,7 +19,12 @@ A family is one file in `models/`: a typed config (a dataclass deriving from
                                    raise `NoLikelihood`.
 
 Nothing here knows about Ray, MLflow, Prefect or DVC. Data-parallel training
-only shows up as `average_gradients`, which is a no-op in one process.
+only shows up as `average_gradients`, `gather_rows` and `step_noise`, which are
+plain in one process. N workers must take the steps one worker takes with the
+same global batch (each worker holds the stride [rank::N] of it): gradients of
+means are averaged; a loss that is not a mean over examples (an MMD) is taken
+on the rows gathered from every worker; and training noise drawn through
+`step_noise` is the worker's stride of one draw for the global batch.
 """
 
 from __future__ import annotations
@@ -147,6 +152,39 @@ def average_gradients(params: typing.Iterable[nn.Parameter]) -> None:
             p.grad /= world
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the data-parallel group, (1, 0) in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class _GatherRows(torch.autograd.Function):
+    """All workers' rows concatenated in rank order; the backward pass hands each worker the gradient
+    of every worker's loss with respect to its own rows (summed over workers), so after
+    `average_gradients` the parameters get the gradient of the loss on the global batch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, rank = _world()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])
+        return torch.cat(parts)  # (world * n, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rows[0]:ctx.rows[1]]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of every data-parallel worker, (world * n, ...), differentiable; x itself in one process.
+    Every worker must pass the same number of rows. For losses that are not means over examples."""
+    return x if _world()[0] == 1 else _GatherRows.apply(x)
+
+
 class GenerativeModel(nn.Module):
     """Base class: see the module docstring for the contract."""
 
@@ -158,6 +196,7 @@ class GenerativeModel(nn.Module):
     Config: ClassVar[type[FamilyConfig]]
     supported_kinds: ClassVar[tuple[str, ...]] = DATA_KINDS
     grad_clip: float = 0.0  # max global gradient norm per optimiser step (set by the training loop; 0: none)
+    step_generator: torch.Generator | None = None  # seeded alike on every worker by the training loop
 
     def __init__(self, config: FamilyConfig):
         super().__init__()
@@ -210,6 +249,18 @@ class GenerativeModel(nn.Module):
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """Per-example log-likelihood (or bound/estimate) of `x` in nats."""
         raise NoLikelihood(f"family '{self.name}' is an implicit model: it defines no likelihood")
+
+    def step_noise(self, shape: tuple[int, ...], uniform: bool = False, per_example: bool = True) -> torch.Tensor:
+        """Training noise (standard normal, or U[0, 1)) of `shape`, drawn so that N data-parallel workers
+        take the steps one worker takes: per-example noise (rows = this worker's examples) is the
+        worker's stride [rank::N] of one draw for the global batch of shape[0] * N rows, as its examples
+        are the same stride of the global batch; noise for state every worker holds alike (PCD's fantasy
+        particles) is the whole draw. Drawn on the CPU from `step_generator`, which the training loop
+        seeds per epoch identically on every worker (the global RNG when it is not set)."""
+        world, rank = _world() if per_example else (1, 0)
+        draw = torch.rand if uniform else torch.randn
+        x = draw((shape[0] * world, *shape[1:]), generator=self.step_generator)
+        return x[rank::world].to(self.device)
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         """Standard normal noise drawn on the CPU (so a seed gives the same samples on any device)."""

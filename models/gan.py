@@ -17,6 +17,9 @@ a multiple of `pack` drops its last batch % pack samples). The MLP players have 
 hidden layers of `hidden` units (2 by default; PacGAN's 2-D experiments use 4 x 400, latent
 dim 2 and BatchNorm in the generator, `g_batchnorm`). Sampling runs in eval mode, so
 BatchNorm layers use their running statistics, which the training steps update.
+NOTE: data-parallel workers compute BatchNorm statistics over their own part of the batch (no
+SyncBatchNorm: it needs GPUs), so only GANs without BatchNorm (the MLP players with
+`g_batchnorm: false`) take on N workers exactly the steps they take on one.
 NOTE: with `train.ema` the BatchNorm running statistics are averaged with the weights
 (genzoo.training.WeightAverage). When they were copied from the live model instead, a
 BatchNorm generator with EMA 0.999 found 12 of 25 grid25 modes (3 % high quality) against 22
@@ -112,7 +115,7 @@ class GAN(GenerativeModel):
             raise ConfigError(f"gan pack={m} needs at least {m} samples per batch (per worker), got {batch.shape[0]}")
         n = batch.shape[0] - batch.shape[0] % m  # whole packs only
         batch = batch[:n]
-        z = torch.randn(n, self.config.latent_dim, device=batch.device)
+        z = self.step_noise((n, self.config.latent_dim))  # data-parallel workers: strides of one draw
         fake = self.generate(z)
         # Discriminator: maximise log D(x) + log(1 - D(G(z))).
         real_logit, fake_logit = self.critic(batch), self.critic(fake.detach())

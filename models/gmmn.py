@@ -28,6 +28,8 @@ in params.yaml `recipes.gmmn.<kind>.model.bandwidths`
 NOTE: GMMN+AE trains the autoencoder and the generator jointly (one AE step then
 one generator step per batch), not the paper's two stages; no dropout on the
 code layer, no greedy layer-wise pretraining.
+NOTE: on N data-parallel workers the MMD is taken between the generated and data rows gathered
+from all workers (models.base.gather_rows), so N workers take the steps one worker takes.
 NOTE: the generated mini-batch has the size of the data mini-batch (the paper
 uses 1000 of each); `prior='gaussian'` swaps the uniform noise for N(0, I).
 """
@@ -41,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ConfigError, FamilyConfig, GenerativeModel, logit_of_mean
+from models.base import ConfigError, FamilyConfig, GenerativeModel, gather_rows, logit_of_mean
 from models.kernels import mmd
 from models.nets import mlp
 
@@ -107,6 +109,12 @@ class GMMN(GenerativeModel):
             return self.noise(shape, generator)
         return (torch.rand(shape, generator=generator) * 2.0 - 1.0).to(self.device)  # (n, latent)
 
+    def step_prior(self, n: int) -> torch.Tensor:
+        """The generator input of a training step, drawn through `step_noise` (data-parallel safe)."""
+        if self.config.prior == "gaussian":
+            return self.step_noise((n, self.config.latent_dim))
+        return self.step_noise((n, self.config.latent_dim), uniform=True) * 2.0 - 1.0  # (n, latent)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.flatten(1))  # (n, code_dim)
 
@@ -151,8 +159,9 @@ class GMMN(GenerativeModel):
             metrics["recon"] = rec.detach()
             with torch.no_grad():
                 target = self.encode(batch)  # (n, code_dim): ...or in the (fixed, detached) code space
-        fake = self.generator(self.draw_noise(batch.shape[0]))  # (n, D) or (n, code_dim)
-        loss = mmd(fake, target, c.bandwidths)
+        fake = self.generator(self.step_prior(batch.shape[0]))  # (n, D) or (n, code_dim)
+        # The MMD is not a mean over examples: on N workers it is taken between the whole global batches.
+        loss = mmd(gather_rows(fake), gather_rows(target.detach()), c.bandwidths)
         self.optimize(optimizers["generator"], loss)
         metrics["mmd"] = loss.detach()  # sqrt(MMD_b^2) of this batch, before the step
         metrics["loss"] = loss.detach() + metrics.get("recon", 0.0)

@@ -48,6 +48,10 @@ NOTE: the AIS base-rate model takes its visible biases from the smoothed mean
 of all training batches seen ((sum + 1) / (count + 2), running buffers), or
 zeros with ais_base='zeros' or before any training; any base rate gives an
 unbiased Z estimate, a good one only lowers its variance.
+NOTE: data-parallel workers: the base-rate counts are summed over all workers, and the negative
+phase draws its noise through `step_noise` (CD's chains: each worker its examples' stride of one
+draw; PCD's fantasy particles, held alike by every worker: the whole draw), so N workers take the
+steps one worker takes with the same global batch.
 NOTE: `sample` returns binary visible states (not probabilities) after
 `sample_burn_in` block-Gibbs steps of independent chains, started from the
 base-rate model.
@@ -58,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.distributed as dist
 
 from models.base import ConfigError, FamilyConfig, GenerativeModel, average_gradients, logit_of_mean
 from models import markov
@@ -144,6 +149,13 @@ class RBM(GenerativeModel):
         h = markov.bernoulli(self.hidden_probs(v), generator)
         return markov.bernoulli(self.visible_probs(h), generator)
 
+    def training_gibbs_step(self, v: torch.Tensor, per_example: bool) -> torch.Tensor:
+        """`gibbs_step` with its uniforms from `step_noise`, so data-parallel workers take one worker's steps."""
+        ph = self.hidden_probs(v)
+        h = (self.step_noise(ph.shape, uniform=True, per_example=per_example).to(ph.dtype) < ph).to(ph.dtype)
+        pv = self.visible_probs(h)
+        return (self.step_noise(pv.shape, uniform=True, per_example=per_example).to(pv.dtype) < pv).to(pv.dtype)
+
     def sampler(self, burn_in: int | None = None, thin: int = 1) -> markov.MarkovChain:
         """The block-Gibbs chain used by `sample` (burn-in from the config unless given)."""
         return markov.MarkovChain(self.gibbs_step, self.config.sample_burn_in if burn_in is None else burn_in, thin)
@@ -186,13 +198,18 @@ class RBM(GenerativeModel):
     @torch.no_grad()
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         v0 = batch.flatten(1).to(self.W.dtype)  # (n, nv)
-        self.data_sum += v0.sum(0).double()
-        self.data_count += v0.shape[0]
+        counts = torch.cat([v0.sum(0).double(), torch.tensor([float(v0.shape[0])], dtype=torch.float64,
+                                                                device=v0.device)])  # (nv + 1,)
+        if dist.is_available() and dist.is_initialized():  # the base rates count every worker's examples
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        self.data_sum += counts[:-1]
+        self.data_count += counts[-1]
         ph0 = self.hidden_probs(v0)  # (n, nh)
         step = int(self.steps_taken)
-        vk = self.particles if self.config.persistent else v0  # (m, nv) chain start
-        for _ in range(self.k_at(step)):
-            vk = self.gibbs_step(vk)
+        persistent = self.config.persistent
+        vk = self.particles if persistent else v0  # (m, nv) chain start
+        for _ in range(self.k_at(step)):  # CD's chains are per example, PCD's the same on every worker
+            vk = self.training_gibbs_step(vk, per_example=not persistent)
         phk = self.hidden_probs(vk)  # (m, nh)
         if self.config.persistent:
             self.particles.copy_(vk)

@@ -26,15 +26,18 @@ from tasks.tracking import TrackedRun, tracked_run
 
 
 def sample(model: models.GenerativeModel, req: ModelRequest, ecfg: EvalConfig, out: Path,
-           run: TrackedRun) -> tuple[np.ndarray, dict]:
-    """Draw the protocol's samples with its seed; save them (.npy) and their picture; time the sampler."""
+           run: TrackedRun, prepared: data.Prepared) -> tuple[np.ndarray, dict]:
+    """Draw the protocol's samples with its seed; save them (.npy) and their picture (vectors over the
+    test rows they are measured against); time the sampler."""
     x, per_sample = draw(model, req.n_samples, ecfg.seed, ecfg.sample_budget_seconds, minimum=min(req.n_samples, 64))
     if not np.isfinite(x).all():
         raise ValueError(f"{req.name}: the model produced NaN or infinite samples")
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "samples.npy", x)
     centers = sources.mode_centers(req.dataset) if req.dataset in MIXTURES else None
-    picture = save_samples(x if x.ndim == 2 else x[:64], out / "samples.png", centers=centers, title=req.name)
+    reference = prepared.subset("test", ecfg.real_examples, ecfg.seed).numpy() if x.ndim == 2 else None
+    picture = save_samples(x if x.ndim == 2 else x[:64], out / "samples.png", centers=centers, title=req.name,
+                           reference=reference, binary=prepared.kind == "binary")
     run.artifact(picture)
     timing = {"sample_seconds_per_sample": per_sample, "samples_per_second": 1 / max(per_sample, 1e-12),
               "samples_drawn": len(x)}
@@ -55,7 +58,7 @@ def evaluate_model(req: ModelRequest, ctx: RunContext, run: TrackedRun, model_pa
         torch.set_num_threads(1)  # the one CPU it holds
         model = models.load(model_path)
         prepared = data.load(req.prepared_dir)
-        samples, timing = sample(model, req, ecfg, Path(model_path).parent, run)
+        samples, timing = sample(model, req, ecfg, Path(model_path).parent, run, prepared)
         out = measure(model, req.dataset, prepared, samples, ecfg, ctx.evaluators.get(req.dataset))
         timing["eval_seconds"] = time.perf_counter() - t0  # sampling included
     _log(run, out, len(samples), ecfg, prepared)

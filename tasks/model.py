@@ -28,6 +28,8 @@ def headline(metrics: dict) -> str:
     if "modes_captured" in metrics:
         parts.append(f"modes {int(metrics['modes_captured'])}/{int(metrics['modes_total'])}, "
                      f"{100 * metrics.get('high_quality_fraction', 0):.0f}% high quality")
+    if "energy_distance" in metrics and "modes_captured" not in metrics:  # vectors
+        parts.append(f"energy distance {metrics['energy_distance']:.3g}")
     if "fid" in metrics:
         parts.append(f"FID {metrics['fid']:.4g}")
     return ", ".join(parts) or "evaluated"

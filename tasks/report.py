@@ -20,15 +20,19 @@ COLUMNS = [  # (header, row key)
     ("likelihood", "likelihood_method"), ("test NLL (nats)", "test_nll"), ("bits/dim", "test_bits_per_dim"),
     ("Parzen (nats, legacy)", "parzen_ll"), ("FID", "fid"), ("Inception FID", "inception_fid"), ("KID", "kid"),
     ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
+    ("energy dist.", "energy_distance"), ("marginal W1", "marginal_w1"), ("corr. error", "correlation_error"),
+    ("co-occur. error", "cooccurrence_error"),
     ("modes", "modes"), ("high-quality", "high_quality_fraction"), ("KL(modes||unif)", "kl_to_uniform"),
     ("classes", "classes"), ("max class share", "max_class_share"), ("beats baseline", "beats_baseline"),
     ("train s", "train_seconds"), ("ms/sample", "ms_per_sample"), ("registered", "registered"),
 ]
-OPTIONAL = {"inception_fid"}  # shown only when some row has it (evaluate.fid_network: inception)
+ALWAYS = {"branch", "family", "dataset", "status", "beats_baseline", "train_seconds", "ms_per_sample", "registered"}
 
 
 def columns(rows: list[ModelResult]) -> list[tuple[str, str]]:
-    return [(h, k) for h, k in COLUMNS if k not in OPTIONAL or any(r.get(k) is not None for r in rows)]
+    """The columns that apply to these rows: the identity and cost ones always, a measure only when
+    some row has it (vector measures for vectors, FID & co. for images, Inception FID when asked for)."""
+    return [(h, k) for h, k in COLUMNS if k in ALWAYS or any(r.get(k) is not None for r in rows)]
 
 
 def _fmt(v) -> str:
@@ -76,7 +80,9 @@ def markdown(info: dict, rows: list[ModelResult], skipped: list[str]) -> str:
               "Theis et al. 2016 show it can rank models wrongly); FID/KID/precision/recall/density/coverage use "
               "the dataset's own evaluator network (`evaluator-<dataset>` in MLflow), so they compare models "
               "within genzoo, not with published Inception scores (Inception FID, when evaluate.fid_network is "
-              "'inception', uses the standard FID Inception-v3); modes: PacGAN/VEEGAN protocol."]
+              "'inception', uses the standard FID Inception-v3); vectors: energy distance (Szekely & Rizzo), mean "
+              "per-feature Wasserstein-1, correlation (real) or co-occurrence (binary) error of the samples "
+              "against the test rows (genzoo/evaluation/vectors.py); modes: PacGAN/VEEGAN protocol."]
     return "\n".join(lines) + "\n"
 
 

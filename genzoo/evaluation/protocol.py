@@ -1,7 +1,17 @@
 """The evaluation protocol: how many samples a model is judged on and which measures apply to
 its data, each computed as its paper defines it (genzoo.evaluation.metrics, .quality) on the
 dataset's evaluator network (.networks) or Inception-v3 (.inception). No services here: the
-pipeline's evaluate task calls `measure` and logs what it returns."""
+pipeline's evaluate task calls `measure` and logs what it returns.
+
+What applies to which data:
+- every model: its test likelihood (exact, bound or estimate) where its family has one, and the
+  legacy Parzen-window estimate; every dataset's trivial baseline is measured the same way;
+- vectors of any width D (data shape (D,): tabular rows, binary vectors, 2-D points): energy
+  distance, mean per-feature Wasserstein-1 and, for D >= 2, the correlation error (real values) or
+  the co-occurrence error (binary) of the samples against the test rows (.vectors);
+- 2-D mixtures (ring8, grid25) also: modes captured, high-quality share, KL to uniform (.metrics);
+- images: FID, KID, precision/recall, density/coverage (and class shares) on the evaluator's
+  features; Stacked MNIST also its 1,000 modes."""
 
 from __future__ import annotations
 
@@ -15,7 +25,7 @@ import data
 import models
 from data import sources
 from genzoo.config import EvalConfig
-from genzoo.evaluation import networks, quality
+from genzoo.evaluation import networks, quality, vectors
 from genzoo.evaluation.metrics import likelihood_summary, mode_histogram_statistics, mode_statistics, stacked_mode_ids
 from genzoo.training import log_likelihoods
 
@@ -66,6 +76,17 @@ def parzen(samples: np.ndarray, prepared: data.Prepared, ecfg: EvalConfig) -> di
     ll = quality.parzen_log_likelihood(flat, test, sigma)
     return {"parzen_ll": float(ll.mean()), "parzen_ll_stderr": float(ll.std() / np.sqrt(len(ll))),
             "parzen_sigma": sigma}
+
+
+def is_vector(prepared: data.Prepared) -> bool:
+    """Data whose examples are vectors (shape (D,)), judged on their own coordinates."""
+    return len(prepared.shape) == 1
+
+
+def vector_quality(samples: np.ndarray, prepared: data.Prepared, ecfg: EvalConfig) -> dict:
+    """Energy distance, marginal W1 and correlation (or co-occurrence) error against test rows."""
+    test = prepared.subset("test", ecfg.real_examples, ecfg.seed).flatten(1).double().numpy()
+    return vectors.vector_quality(samples, test, prepared.kind, seed=ecfg.seed)
 
 
 def image_quality(samples: np.ndarray, prepared: data.Prepared, evaluator_dir: str, ecfg: EvalConfig) -> dict:
@@ -142,6 +163,8 @@ def measure(model, dataset: str, prepared: data.Prepared, samples: np.ndarray, e
     if model.likelihood_kind != "none":
         out.update(family_likelihood(model, prepared, ecfg))
     out.update(parzen(samples, prepared, ecfg))
+    if is_vector(prepared):
+        out.update(vector_quality(samples, prepared, ecfg))
     if evaluator_dir is not None:
         out.update(image_quality(samples, prepared, evaluator_dir, ecfg))
     return out

@@ -96,7 +96,7 @@ def test_rbm_momentum_switch_zero_starts_final_and_bad_values_are_rejected():
 
 
 # -- RBM: weight cost ----------------------------------------------------------
-def _identity_chain(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def _identity_chain(v: torch.Tensor, per_example: bool = True) -> torch.Tensor:
     return v  # negative samples = the data: the CD gradient of every parameter is exactly zero
 
 
@@ -104,7 +104,7 @@ def test_rbm_weight_decay_shrinks_w_when_the_data_gradient_is_zero():
     lr, wd = 0.1, 2e-4
     model = RBM(RBM.Config(data_shape=(12,), data_kind="binary", hidden=5, lr=lr, momentum=0.0,
                            momentum_final=0.0, weight_decay=wd, init_std=0.5))
-    model.gibbs_step = _identity_chain
+    model.training_gibbs_step = _identity_chain  # the negative phase's step
     model.init_from_data(binary_train())
     W0, b0, c0 = model.W.detach().clone(), model.b.detach().clone(), model.c.detach().clone()
     opt = model.configure_optimizers()
@@ -118,7 +118,7 @@ def test_rbm_weight_decay_shrinks_w_when_the_data_gradient_is_zero():
     # With momentum mu the decay compounds through the velocity: v <- mu v + wd W, W <- W - lr v.
     model = RBM(RBM.Config(data_shape=(12,), data_kind="binary", hidden=5, lr=lr, momentum=0.5,
                            momentum_final=0.9, momentum_switch_steps=2, weight_decay=wd, init_std=0.5))
-    model.gibbs_step = _identity_chain
+    model.training_gibbs_step = _identity_chain  # the negative phase's step
     W, v = model.W.detach().clone(), torch.zeros_like(model.W)
     opt = model.configure_optimizers()
     for step in range(4):
@@ -129,7 +129,7 @@ def test_rbm_weight_decay_shrinks_w_when_the_data_gradient_is_zero():
 
     # No weight cost, no gradient: nothing moves.
     model = RBM(RBM.Config(data_shape=(12,), data_kind="binary", hidden=5, weight_decay=0.0, init_std=0.5))
-    model.gibbs_step = _identity_chain
+    model.training_gibbs_step = _identity_chain  # the negative phase's step
     W0 = model.W.detach().clone()
     model.training_step(batch, model.configure_optimizers())
     assert torch.equal(model.W.detach(), W0)
@@ -140,7 +140,7 @@ def test_rbm_cd_k_grows_linearly_to_k_final():
     assert [model.k_at(s) for s in (0, 2, 4, 6, 8, 100)] == [1, 2, 3, 4, 5, 5]
     assert RBM(RBM.Config(data_shape=(4,), data_kind="binary", hidden=2, k=3)).k_at(10_000) == 3
     calls = []
-    model.gibbs_step = lambda v, generator=None: calls.append(1) or v
+    model.training_gibbs_step = lambda v, per_example=True: calls.append(1) or v
     opt = model.configure_optimizers()
     batch = binary_train(8, 4)
     for _ in range(9):

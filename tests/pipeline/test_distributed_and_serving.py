@@ -44,6 +44,49 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(services, tmp_p
     assert one.history[-1]["loss"] == pytest.approx(two.history[-1]["loss"], rel=1e-5)
 
 
+_binary = (np.random.default_rng(1).random((512, 12)) < 0.3).astype(np.uint8)
+_points = np.random.default_rng(2).normal(size=(512, 4)).astype(np.float32)
+NOISY_FAMILIES = {  # family, data, model config (tiny), a per-epoch metric that must match
+    "gan": ("gan", _points, {"latent_dim": 2, "hidden": 16, "depth": 2, "lr": 0.01}, "d_loss"),
+    "rbm-cd": ("rbm", _binary, {"hidden": 8, "k": 2, "lr": 0.1}, "free_energy_gap"),
+    "rbm-pcd": ("rbm", _binary, {"hidden": 8, "k": 1, "persistent": True, "chains": 16, "lr": 0.1},
+                "free_energy_gap"),
+    "gmmn-ae": ("gmmn", _binary, {"autoencoder": True, "code_dim": 4, "ae_hidden": [8], "hidden": [8],
+                                  "latent_dim": 3, "lr": 0.01, "ae_lr": 0.01}, "mmd"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOISY_FAMILIES))
+def test_families_with_their_own_regime_take_the_same_steps_on_two_workers(case, services, tmp_path):
+    """GAN's two optimisers, the RBM's own gradient (CD-k and PCD, with its per-worker base-rate
+    counts and fantasy particles) and GMMN+AE's MMD on the gathered batch: 2 workers x 32 examples
+    end where 1 worker x 64 does (their training noise is each worker's stride of one draw)."""
+    from tasks.ray_job import run_training
+
+    family, x, config, metric = NOISY_FAMILIES[case]
+    kind = "points" if x.dtype == np.float32 else "binary"
+    arrays, manifest = {"train": x, "val": x[:64]}, {"kind": kind, "levels": 2 if kind == "binary" else 0}
+    model = {"data_shape": [x.shape[1]], "data_kind": kind, **config}
+    train = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=4, cpus_per_worker=0.5, val_examples=0,
+                        max_failures=0).to_dict()
+    one = run_training(family, "dp", arrays, manifest, model, {**train, "num_workers": 1}, tmp_path)
+    two = run_training(family, "dp", arrays, manifest, model, {**train, "num_workers": 2}, tmp_path)
+    assert one.status == two.status == "FINISHED", (one.reason, two.reason)
+    import models
+
+    torch.manual_seed(0)
+    initial = models.build(family, model).state_dict()
+    moved = 0
+    for key, a in one.state["state_dict"].items():  # weights, and the RBM's counts and particles
+        b = two.state["state_dict"][key]
+        assert torch.allclose(a.double(), b.double(), atol=1e-5), key
+        moved += int(not torch.equal(a, initial[key]))
+    assert moved > 0, "training changed nothing"
+    if family == "rbm":
+        assert float(two.state["state_dict"]["data_count"]) == 2 * 4 * 64  # every worker's examples counted
+    assert one.history[-1][metric] == pytest.approx(two.history[-1][metric], rel=1e-4, abs=1e-6)
+
+
 def test_a_multi_worker_training_resumes_after_a_worker_failure(services, tmp_path):
     """The Ray Train path (2 workers): a worker that fails after epoch 1 is restarted by
     FailureConfig and the job resumes from the epoch-1 checkpoint."""

@@ -33,17 +33,43 @@ def test_pipeline_trains_evaluates_and_registers(first_run, project):
     rows = {(r["family"], r["dataset"]): r for r in first_run.rows}
     assert set(rows) == {("gan", "ring8"), ("vae", "ring8"), ("gan", "digits"), ("vae", "digits")}
     assert all(r["status"] == "FINISHED" for r in rows.values()), [r.get("reason") for r in rows.values()]
-    # first evaluation: mode statistics on ring8, a likelihood bound where the family has one
-    assert 0 <= rows["gan", "ring8"]["modes_captured"] <= 8 and "kl_to_uniform" in rows["gan", "ring8"]
-    assert np.isfinite(rows["vae", "digits"]["test_nll"]) and rows["vae", "digits"]["test_bits_per_dim"] > 0
-    assert "test_nll" not in rows["gan", "digits"]
-    for (fam, ds), r in rows.items():  # the legacy Parzen estimate for every family
+    for (fam, ds), r in rows.items():  # what each evaluation must hold, measured on the protocol's samples
+        samples = np.load(Path(r["model_path"]).parent / "samples.npy")
+        assert r["samples_drawn"] == len(samples) == (500 if ds == "ring8" else 200)  # the project's protocol
         assert np.isfinite(r["parzen_ll"]) and r["parzen_sigma"] > 0
-        if ds == "digits":  # image quality on the evaluator's features
-            assert r["fid"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["coverage"] <= 1 and "kid" in r
-            assert r["evaluator_test_accuracy"] > 0.5 and r["metric_samples"] == 200
-    # the four trainings ran at the same time on the one Ray cluster
-    assert max(r["started_at"] for r in rows.values()) < min(r["ended_at"] for r in rows.values())
+        if ds == "ring8":  # the logged mode statistics are those of the saved samples, recomputed
+            from data import sources
+            from genzoo.evaluation.metrics import mode_statistics
+
+            again = mode_statistics(samples, sources.mode_centers("ring8"), 0.01)
+            for key in ("modes_captured", "modes_total", "high_quality_fraction", "kl_to_uniform"):
+                assert r[key] == pytest.approx(again[key]), (fam, key)
+            assert r["modes_total"] == 8 and 0 <= r["kl_to_uniform"] <= np.log(8) + 1e-9
+            assert np.isfinite(r["energy_distance"]) and r["energy_distance"] > 0 and 0 <= r["marginal_w1"]
+            assert "fid" not in r and "test_bits_per_dim" not in r
+        else:  # image quality on the evaluator's features of the 200 samples and the 180 test images
+            assert np.isfinite(r["fid"]) and r["fid"] > 0 and np.isfinite(r["kid"]) and r["kid_std"] >= 0
+            assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["coverage"] <= 1
+            assert np.isfinite(r["density"]) and r["density"] >= 0
+            assert r["evaluator_test_accuracy"] > 0.5 and (r["metric_samples"], r["metric_real"]) == (200, 180)
+            assert "energy_distance" not in r and "modes_captured" not in r
+    for ds in ("ring8", "digits"):  # a likelihood (bound) where the family has one, none where it has not
+        assert np.isfinite(rows["vae", ds]["test_nll"]) and rows["vae", ds]["likelihood_method"]
+        assert "test_nll" not in rows["gan", ds]
+    assert rows["vae", "digits"]["test_bits_per_dim"] == pytest.approx(
+        rows["vae", "digits"]["test_nll"] / (64 * np.log(2)))
+    # When each training computed, by its worker's own record: the pid file, written once the model is
+    # built, and the last epoch's progress line; both after the admission wait the row's started_at precedes.
+    # NOTE: they are NOT asserted to overlap: measured at this budget they ran one after another (spans
+    # 0-2.5, 2.7-2.7, 2.8-3.0 and 14.2-17.2 s): a smoke training computes for about a second, less than
+    # Ray takes to start a second worker process, so the first warm worker runs them in turn. The old
+    # check (stamps taken before the admission wait) passed anyway. Concurrency needs longer trainings:
+    # benchmarks/concurrency.py measures it at the quick budget.
+    scratch = project / "ray_results" / "_scratch"
+    for r in rows.values():
+        start = (scratch / r["ray_run"] / "worker-0.pid").stat().st_mtime
+        end = (scratch / r["ray_run"] / "progress.jsonl").stat().st_mtime
+        assert r["started_at"] < start < end < r["ended_at"], (r.name, r["started_at"], start, end, r["ended_at"])
     for fam in ("gan", "vae"):  # how the evaluator labels the digits samples
         assert 1 <= rows[fam, "digits"]["classes_hit"] <= 10 and 0.1 <= rows[fam, "digits"]["max_class_share"] <= 1
     report = Path(first_run.report).read_text()
@@ -211,15 +237,54 @@ def test_failures_are_contained_and_workers_resume(first_run, project):
     assert c.get_run(result.parent_run_id).info.status == "FAILED"
 
 
-def test_user_array_dataset_is_named_after_its_file(services, project, tmp_path):
+def test_a_user_vector_dataset_of_any_width_end_to_end(services, project, tmp_path, capsys):
+    """A user's 10-dimensional binary .npy (five random bits, each feature twice): named after its file,
+    trained by every family that fits it (PixelCNN refused with the reason), evaluated with the vector
+    measures, registered, fetched as rows (.npy) and as a picture (.png), and scored."""
+    import json
+
+    import torch
+
+    import models
     from flows.pipeline import pipeline
 
-    rng = np.random.default_rng(0)
+    bits = np.random.default_rng(0).random((2000, 5)) < 0.5
     arr = tmp_path / "mydata.npy"
-    np.save(arr, rng.normal(size=(300, 2)).astype(np.float32))
-    result = pipeline(families=["gan"], datasets=[str(arr)], preset="smoke")
-    assert result.rows[0]["status"] == "FINISHED" and result.rows[0]["registered"] == "gan-mydata/1"
+    np.save(arr, np.repeat(bits, 2, axis=1).astype(np.uint8))  # (2000, 10): features 2k and 2k+1 equal
+    result = pipeline(families=["made", "vae", "gan", "pixelcnn"], datasets=[str(arr)], preset="smoke")
+    assert result.skipped == ["pixelcnn on mydata: pixelcnn needs image-shaped data (C, H, W), got data_shape [10]"]
+    rows = {r["family"]: r for r in result.rows}
+    assert set(rows) == {"made", "vae", "gan"}
+    assert all(r["status"] == "FINISHED" for r in rows.values()), [r.get("reason") for r in rows.values()]
     assert (project / "data" / "prepared" / "mydata.dvc").is_file()  # tracked by DVC
+    for fam, r in rows.items():
+        assert r["registered"] == f"{fam}-mydata/1"
+        assert (r["vector_samples"], r["vector_real"]) == (500, 180)  # the project's n_samples, real_examples
+        assert np.isfinite(r["energy_distance"]) and r["energy_distance"] >= 0
+        assert 0 <= r["marginal_w1"] <= 1 and 0 <= r["cooccurrence_error"] <= 1  # binary: |p - q| of means
+        assert "correlation_error" not in r and "fid" not in r and "modes_captured" not in r
+        assert ("test_nll" in r) == (fam != "gan")
+    assert rows["made"]["test_bits_per_dim"] == pytest.approx(rows["made"]["test_nll"] / (10 * np.log(2)))
+    table = json.loads((Path(result.report).parent / "comparison.json").read_text())
+    base = next(r for r in table["rows"] if r["family"] == "baseline")
+    # the independent baseline: marginals right; on the 5 copied pairs of 45 it misses 1/2 - 1/4 each
+    assert base["marginal_w1"] < 0.1 and 0.02 < base["cooccurrence_error"] < 0.12
+    assert "| energy dist. | marginal W1 | co-occur. error |" in Path(result.report).read_text()
+
+    out = tmp_path / "made.npy"  # fetch: rows of shape (n, 10), the trained model's own samples for the seed
+    assert main(["fetch", "made-mydata", "-n", "7", "--seed", "3", "-o", str(out)]) == 0
+    fetched = np.load(out)
+    own = models.load(rows["made"]["model_path"]).eval().sample(7, torch.Generator().manual_seed(3)).numpy()
+    assert fetched.shape == (7, 10) and set(np.unique(fetched)) <= {0.0, 1.0} and np.array_equal(fetched, own)
+    assert main(["fetch", "gan-mydata", "-n", "50", "-o", str(tmp_path / "gan.png")]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "gan.png") as im:  # projection and feature means
+        assert im.size[0] > 300 and im.size[1] > 200
+    np.save(tmp_path / "rows.npy", np.load(arr)[:20])
+    assert main(["score", "vae-mydata", "--data", str(tmp_path / "rows.npy"), "-o", str(tmp_path / "ll.npy")]) == 0
+    ll = np.load(tmp_path / "ll.npy")
+    assert ll.shape == (20,) and np.isfinite(ll).all() and (ll < 0).all()
 
 
 def test_score_writes_per_example_log_likelihoods(first_run, project, tmp_path, capsys):

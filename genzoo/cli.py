@@ -77,32 +77,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def parse_model_uri(ref: str) -> str:
-    """NAME, NAME@ALIAS or NAME/VERSION -> an MLflow models:/ URI (latest version for a bare NAME)."""
-    if ref.startswith("models:/"):
-        return ref
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return f"models:/{name}@{alias}"
-    if "/" in ref:
-        name, version = ref.split("/", 1)
-        if not version.isdigit():
-            raise UsageError(f"model version must be a number, got '{version}' in '{ref}'")
-        return f"models:/{name}/{version}"
-    from tasks.services import client
-
-    versions = client().search_model_versions(f"name='{ref}'")
-    if not versions:
-        raise UsageError(f"no registered model named '{ref}' in {_tracking()}")
-    return f"models:/{ref}/{max(int(v.version) for v in versions)}"
-
-
-def _tracking() -> str:
-    import os
-
-    return os.environ["MLFLOW_TRACKING_URI"]
-
-
 def cmd_fetch(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -111,8 +85,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         raise UsageError(f"output file must end in .npy or .png, got '{out}'")
     if args.n <= 0:
         raise UsageError(f"-n must be positive, got {args.n}")
-    uri, model = load_registered(args.name)
-    x = model.predict({"n": args.n, "seed": args.seed})
+    registered = load_registered(args.name)
+    x = registered.sample(args.n, args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x)
@@ -123,19 +97,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             save_samples(x, out, title=args.name)
         except ValueError as exc:
             raise UsageError(f"{exc}; write .npy instead") from None
-    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {uri} to {out}")
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {registered.uri} to {out}")
     return 0
 
 
 def load_registered(ref: str):
-    """The genzoo model behind a registered pyfunc (NAME, NAME@ALIAS, NAME/VERSION)."""
-    import mlflow
+    """The genzoo model registered as NAME, NAME@ALIAS or NAME/VERSION, built by the installed genzoo
+    code from its weights alone (genzoo.serving.registry: nothing stored in the registry runs)."""
+    from genzoo.serving import registry
+    from tasks.services import client
 
-    uri = parse_model_uri(ref)
-    try:
-        return uri, mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # MlflowException for unknown names, versions, aliases
-        raise UsageError(f"cannot load {uri} from {_tracking()}: {str(exc).splitlines()[0]}") from None
+    return registry.load(client(), ref)  # a RegistryError (a ConfigError) is one sentence, exit 2
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -152,8 +124,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     data_path = Path(args.data)
     if not data_path.is_file():
         raise DataError(f"data file {data_path} does not exist")
-    uri, pyfunc = load_registered(args.name)
-    model = pyfunc.unwrap_python_model().model
+    registered = load_registered(args.name)
+    model, uri = registered.model, registered.uri
     if model.likelihood_kind == "none":
         raise UsageError(f"{args.name} is a {model.name} model, an implicit model with no likelihood: nothing to score")
     try:

@@ -114,8 +114,9 @@ def load(client, ref: str) -> RegisteredModel:
 
     version = resolve(client, ref)
     label = f"{version.name}/{version.version}"
+    location = client.get_model_version_download_uri(version.name, version.version)  # the model's artifact folder
     with tempfile.TemporaryDirectory(prefix="genzoo-fetch-") as tmp:
-        mlmodel = _download(version.source, "MLmodel", tmp, client, label)
+        mlmodel = _download(location, "MLmodel", tmp, client, label)
         try:
             spec = yaml.safe_load(Path(mlmodel).read_text()) or {}  # safe_load: plain data, no objects
         except yaml.YAMLError as exc:
@@ -126,7 +127,7 @@ def load(client, ref: str) -> RegisteredModel:
                                 f"not a generative model: fetch and score take a model such as gan-mnist")
         if WEIGHTS_ARTIFACT not in artifacts:
             raise RegistryError(f"{label} is not a genzoo model: its MLmodel names no '{WEIGHTS_ARTIFACT}' artifact")
-        weights = _download(version.source, _relative(artifacts[WEIGHTS_ARTIFACT].get("path"), label), tmp, client, label)
+        weights = _download(location, _relative(artifacts[WEIGHTS_ARTIFACT].get("path"), label), tmp, client, label)
         try:
             model = models.load(weights)  # torch.load(weights_only=True), families from the installed code
         except ConfigError as exc:
@@ -146,12 +147,12 @@ def _relative(path: object, label: str) -> str:
     return str(p)
 
 
-def _download(source: str, path: str, dst: str, client, label: str) -> str:
+def _download(location: str, path: str, dst: str, client, label: str) -> str:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{path}", dst_path=dst,
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{path}", dst_path=dst,
                                                    tracking_uri=client.tracking_uri)
     except (MlflowException, OSError) as exc:
         raise RegistryError(f"cannot download {path} of {label}: {str(exc).splitlines()[0]}") from None

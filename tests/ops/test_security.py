@@ -135,3 +135,123 @@ def test_a_ray_address_without_its_token_file_is_one_sentence(tmp_path):
     assert proc.returncode != 0
     assert f"the token file {tmp_path / '.ray' / 'auth_token'} does not exist" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / ".ray").exists()  # nothing made for a cluster genzoo did not start
+
+
+# --- the registry: `genzoo fetch`/`score` run nothing stored in it ---------------------------------
+
+SHAPES = {"points": [2], "image": [1, 8, 8], "binary": [1, 8, 8]}
+
+
+def trained(family: str):
+    """A model of `family` after one training step (so its weights are not the initial ones), in eval mode."""
+    import torch
+
+    import models
+
+    kind = models.FAMILIES[family].supported_kinds[0]
+    torch.manual_seed(0)
+    model = models.build(family, {"data_shape": SHAPES[kind], "data_kind": kind, "levels": 17})
+    x = torch.rand((16, *SHAPES[kind]), generator=torch.Generator().manual_seed(0))
+    x = torch.randn((16, 2)) if kind == "points" else (x > 0.5).float() if kind == "binary" else torch.round(x * 16) / 16
+    model.training_step(x, model.configure_optimizers())
+    return model.eval()
+
+
+def register_model(root: Path, model, name: str) -> str:
+    """`model` registered as `name` the way the pipeline registers a training (tasks/register.py)."""
+    from tasks.register import register
+    from tasks.services import client, experiment_id
+
+    path = root / "runs" / "security" / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    run = client().create_run(experiment_id(root), run_name=name)
+    version = register(run.info.run_id, str(path), name, list(model.config.data_shape), {"family": model.name})
+    client().set_terminated(run.info.run_id)
+    return f"{name}/{version}"
+
+
+def fetched_equals_own_sample(registered, model, n: int = 5, seed: int = 3) -> bool:
+    import torch
+
+    own = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
+    return registered.shape == own.shape and bool((registered == own).all())
+
+
+@pytest.mark.parametrize("family", sorted(__import__("models").FAMILIES))
+def test_every_family_fetched_from_the_registry_samples_like_the_trained_model(project, family):
+    """Registered, then loaded by genzoo's loader (weights only): the same samples for a seed as the
+    trained model object itself -- not the pyfunc compared with the pyfunc."""
+    from genzoo.serving import registry
+    from tasks.services import client
+
+    model = trained(family)
+    ref = register_model(project, model, f"{family}-security")
+    loaded = registry.load(client(), ref)
+    assert type(loaded.model) is type(model) and loaded.model.config == model.config
+    assert fetched_equals_own_sample(loaded.sample(5, 3), model)
+
+
+def stored_code(project: Path, ref: str) -> Path:
+    """The sampler.py the registry stores beside version `ref`'s weights (local artifact store)."""
+    from tasks.services import client
+
+    name, version = ref.split("/")
+    model_id = client().get_model_version(name, version).source.removeprefix("models:/")
+    (path,) = (project / "mlartifacts").rglob(f"{model_id}/artifacts/sampler.py")
+    return path
+
+
+def test_fetch_from_a_tampered_registry_runs_none_of_its_code(project, tmp_path):
+    model = trained("vae")
+    ref = register_model(project, model, "vae-tampered")
+    marker = tmp_path / "stored-code-ran"
+    code = stored_code(project, ref)
+    code.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + code.read_text())
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    out = tmp_path / "s.npy"
+    proc = subprocess.run(["genzoo", "fetch", ref, "-n", "7", "--seed", "3", "-o", str(out)], env=env,
+                          cwd=project, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists(), "genzoo fetch imported the code stored in the registry"
+    import numpy as np
+
+    assert fetched_equals_own_sample(np.load(out), model, n=7, seed=3)
+
+    # The tampering is live: MLflow's own loader does import the stored file.
+    load = subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.pyfunc.load_model('models:/{ref}')"],
+                          env=env, cwd=project, capture_output=True, text=True, timeout=300)
+    assert load.returncode == 0 and marker.read_text() == "ran", load.stderr[-3000:]
+
+
+def test_fetch_and_score_refuse_an_evaluator_model_in_one_sentence(project, tmp_path, capsys):
+    """An `evaluator-<dataset>` version (register_evaluator logs its network as the 'evaluator' artifact)."""
+    import warnings
+
+    import mlflow
+
+    import genzoo.serving.evaluator
+    from genzoo.cli import main
+    from tasks.register import create_version, pip_requirements
+    from tasks.services import client, experiment_id
+
+    folder = tmp_path / "evaluator"
+    folder.mkdir()
+    (folder / "evaluator.pt").write_bytes(b"not read by fetch")
+    run = client().create_run(experiment_id(project), run_name="evaluator-security")
+    with mlflow.start_run(run_id=run.info.run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(name="model", python_model=genzoo.serving.evaluator.__file__,
+                                       artifacts={"evaluator": str(folder)}, pip_requirements=pip_requirements())
+    create_version("evaluator-security", info, run.info.run_id, {})
+    data = tmp_path / "rows.npy"
+    __import__("numpy").save(data, __import__("numpy").zeros((2, 2), dtype="float32"))
+    capsys.readouterr()
+    for argv in (["fetch", "evaluator-security", "-n", "4", "-o", str(tmp_path / "x.npy")],
+                 ["score", "evaluator-security", "--data", str(data), "-o", str(tmp_path / "ll.npy")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is an evaluator network" in err and "not a generative model" in err and len(err.splitlines()) == 1, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "ll.npy").exists()

@@ -255,3 +255,153 @@ def test_fetch_and_score_refuse_an_evaluator_model_in_one_sentence(project, tmp_
         assert "is an evaluator network" in err and "not a generative model" in err and len(err.splitlines()) == 1, err
         assert "Traceback" not in err
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "ll.npy").exists()
+
+
+# --- the UI servers `make ui` starts (genzoo/ui.py) ------------------------------------------------
+
+FOREIGN = "http://evil.example"
+TELEMETRY_OFF = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def request(url: str, method: str = "GET", headers: dict | None = None, body: dict | None = None):
+    """(status, response headers, parsed body) of one HTTP request; error statuses are answers too."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, hdrs, text = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as exc:
+        status, hdrs, text = exc.code, exc.headers, exc.read()
+    try:
+        return status, hdrs, json.loads(text or b"null")
+    except ValueError:
+        return status, hdrs, text
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def start_ui_server(kind: str, base: Path, health: str):
+    """`python -m genzoo.ui KIND --port P` (what `make ui` runs) in a fresh project; healthy or the test fails."""
+    import time
+    import urllib.request
+
+    from processes import free_port
+
+    project, home = base / "project", base / "home"
+    project.mkdir(parents=True)
+    home.mkdir()
+    port = free_port()
+    marker = f"GENZOO_SECURITY_TEST={uuid.uuid4().hex}"
+    env = {**clean_env(home), "GENZOO_PROJECT_DIR": str(project), "PYTHONPATH": str(Path(__file__).parents[2]),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", marker.split("=")[0]: marker.split("=")[1]}
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "genzoo.ui", kind, "--port", str(port)], env=env, cwd=project,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300  # a loaded 2-core machine can take minutes
+    while True:
+        try:
+            with urllib.request.urlopen(url + health, timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None, (base / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{kind} not healthy after 300 s"
+        time.sleep(0.5)
+    return proc, url, port, marker, log
+
+
+@pytest.fixture(scope="module")
+def prefect_ui(tmp_path_factory):
+    proc, url, port, marker, log = start_ui_server("prefect-server", tmp_path_factory.mktemp("prefect-ui"), "/api/health")
+    try:
+        yield {"url": url, "port": port, "pid": proc.pid}
+    finally:
+        kill_marked(marker)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(tmp_path_factory):
+    proc, url, port, marker, log = start_ui_server("mlflow-server", tmp_path_factory.mktemp("mlflow-ui"), "/health")
+    try:
+        yield {"url": url, "port": port, "pid": proc.pid}
+    finally:
+        kill_marked(marker)
+        log.close()
+
+
+def refused_on_the_routable_address(port: int) -> None:
+    from ray._private.services import node_ip_address_from_perspective
+
+    routable = node_ip_address_from_perspective()
+    assert routable != "127.0.0.1", "this machine has no other address to check against"
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.settimeout(10)
+        s.connect((routable, port))
+
+
+def test_prefect_ui_server_is_quiet_local_and_refuses_foreign_pages(prefect_ui):
+    url, port = prefect_ui["url"], prefect_ui["port"]
+    env = environ_of(prefect_ui["pid"])  # exec'd: the helper's process is the server
+    assert {k: env.get(k) for k in TELEMETRY_OFF} == TELEMETRY_OFF
+    refused_on_the_routable_address(port)
+
+    # CORS: a foreign page gets no allow header (its preflight is refused); the server's own origin does.
+    status, headers, _ = request(url + "/api/health", headers={"Origin": FOREIGN})
+    assert status == 200 and "access-control-allow-origin" not in {k.lower() for k in headers}
+    status, headers, _ = request(url + "/api/flows/", "OPTIONS", {"Origin": FOREIGN, "Access-Control-Request-Method": "POST"})
+    assert status >= 400 and headers.get("access-control-allow-origin") is None
+    own = f"http://127.0.0.1:{port}"
+    status, headers, _ = request(url + "/api/health", headers={"Origin": own})
+    assert headers.get("access-control-allow-origin") == own
+
+    # CSRF: creating a flow without a token is refused and creates nothing; with the server's token it works.
+    status, _, body = request(url + "/api/flows/", "POST", body={"name": "csrf-probe"})
+    assert status == 403 and "CSRF" in str(body), body
+    status, _, token = request(url + "/api/csrf-token?client=genzoo-test")
+    assert status == 200 and token["token"]
+    csrf = {"Prefect-Csrf-Token": token["token"], "Prefect-Csrf-Client": "genzoo-test"}
+    status, _, flows = request(url + "/api/flows/filter", "POST", csrf, body={})
+    assert status == 200 and flows == [], "the refused request created a flow"
+    status, _, flow = request(url + "/api/flows/", "POST", csrf, body={"name": "csrf-probe"})
+    assert status in (200, 201) and flow["name"] == "csrf-probe"
+
+
+def test_prefect_client_in_make_worker_environment_passes_csrf(prefect_ui, tmp_path):
+    """`make worker`/`make deploy` run through `genzoo.ui run`: Prefect's client fetches the CSRF token."""
+    code = ("import asyncio\nfrom prefect.client.orchestration import get_client\n"
+            "async def main():\n    async with get_client() as c:\n"
+            "        print('POOL=' + (await c.create_work_pool(__import__('prefect.client.schemas.actions', "
+            "fromlist=['x']).WorkPoolCreate(name='csrf-pool', type='process'))).name)\nasyncio.run(main())")
+    env = {**clean_env(tmp_path), "GENZOO_PROJECT_DIR": str(tmp_path), "PREFECT_API_URL": prefect_ui["url"] + "/api",
+           "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "genzoo.ui", "run", "--", sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "POOL=csrf-pool" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_mlflow_ui_server_is_quiet_local_and_refuses_foreign_hosts_and_pages(mlflow_ui):
+    url, port = mlflow_ui["url"], mlflow_ui["port"]
+    env = environ_of(mlflow_ui["pid"])
+    assert {k: env.get(k) for k in TELEMETRY_OFF} == TELEMETRY_OFF
+    refused_on_the_routable_address(port)
+
+    search = url + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert request(search, headers={"Host": "evil.example"})[0] == 403  # DNS rebinding: a foreign Host header
+    assert request(search)[0] == 200
+    create = url + "/api/2.0/mlflow/experiments/create"
+    assert request(create, "POST", {"Origin": FOREIGN}, {"name": "from-a-foreign-page"})[0] == 403
+    status, _, body = request(create, "POST", {"Origin": f"http://127.0.0.1:{port}"}, {"name": "from-its-own-ui"})
+    assert status == 200 and body["experiment_id"], body
+    status, _, body = request(url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=from-a-foreign-page")
+    assert status == 404, "the refused request created an experiment"

@@ -107,7 +107,6 @@ def _quoted(name: str) -> str:
 
 def load(client, ref: str) -> RegisteredModel:
     """The genzoo model registered as `ref`, built by the installed code from its weights alone."""
-    import mlflow.artifacts
     import yaml
 
     import models
@@ -121,13 +120,14 @@ def load(client, ref: str) -> RegisteredModel:
             spec = yaml.safe_load(Path(mlmodel).read_text()) or {}  # safe_load: plain data, no objects
         except yaml.YAMLError as exc:
             raise RegistryError(f"{label}'s MLmodel file is not readable YAML ({str(exc).splitlines()[0]})") from None
-        artifacts = ((spec.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+        artifacts = _mapping(_mapping(_mapping(spec).get("flavors")).get("python_function")).get("artifacts")
+        artifacts = _mapping(artifacts)
         if EVALUATOR_ARTIFACT in artifacts:
             raise RegistryError(f"{label} is an evaluator network (it labels images for the metrics), "
                                 f"not a generative model: fetch and score take a model such as gan-mnist")
         if WEIGHTS_ARTIFACT not in artifacts:
             raise RegistryError(f"{label} is not a genzoo model: its MLmodel names no '{WEIGHTS_ARTIFACT}' artifact")
-        weights = _download(location, _relative(artifacts[WEIGHTS_ARTIFACT].get("path"), label), tmp, client, label)
+        weights = _download(location, _relative(_mapping(artifacts[WEIGHTS_ARTIFACT]).get("path"), label), tmp, client, label)
         try:
             model = models.load(weights)  # torch.load(weights_only=True), families from the installed code
         except ConfigError as exc:
@@ -137,6 +137,11 @@ def load(client, ref: str) -> RegisteredModel:
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     model.eval()
     return RegisteredModel(version.name, str(version.version), model)
+
+
+def _mapping(value: object) -> dict:
+    """A section of the MLmodel file, or {} where a tampered or foreign file has something else."""
+    return value if isinstance(value, dict) else {}
 
 
 def _relative(path: object, label: str) -> str:

@@ -405,3 +405,32 @@ def test_mlflow_ui_server_is_quiet_local_and_refuses_foreign_hosts_and_pages(mlf
     assert status == 200 and body["experiment_id"], body
     status, _, body = request(url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=from-a-foreign-page")
     assert status == 404, "the refused request created an experiment"
+
+
+class _RunsCode:
+    """Pickled, it calls Path.write_text on load: what a weights file written by an attacker would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_weights_file_holding_code_is_refused_without_running_it(project, tmp_path):
+    import torch
+
+    from genzoo.serving import registry
+    from tasks.services import client
+
+    ref = register_model(project, trained("gan"), "gan-tampered-weights")
+    name, version = ref.split("/")
+    model_id = client().get_model_version(name, version).source.removeprefix("models:/")
+    (weights,) = (project / "mlartifacts").rglob(f"{model_id}/artifacts/artifacts/*.pt")
+    marker = tmp_path / "weights-code-ran"
+    torch.save({"family": "gan", "payload": _RunsCode(marker)}, weights)
+    with pytest.raises(registry.RegistryError, match="not a genzoo weights-only file"):
+        registry.load(client(), ref)
+    assert not marker.exists()
+    torch.load(weights, weights_only=False)  # the file is live: an unpickling loader runs it
+    assert marker.read_text() == "ran"

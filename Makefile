@@ -33,12 +33,10 @@ bench: install
 	bash benchmarks/peers.sh
 	$(BIN)/python benchmarks/sampling.py
 
-# The two UIs on 127.0.0.1 (Ctrl-C stops both).
+# The two UIs (Ctrl-C stops both): quiet, on 127.0.0.1 only, CORS limited to their own origin,
+# Prefect's CSRF protection on (genzoo/ui.py; README "Reliability and security").
 ui: install
-	@echo "MLflow UI:  http://127.0.0.1:5000   Prefect UI: http://127.0.0.1:4200"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --host 127.0.0.1 --port 5000 \
-	    --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts & \
-	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server start --host 127.0.0.1 --port 4200; kill %1
+	GENZOO_PROJECT_DIR=$(CURDIR) $(BIN)/python -m genzoo.ui ui --mlflow-port 5000 --prefect-port 4200
 
 clean:
 	rm -rf ray_results runs reports mlartifacts mlflow.db .prefect
@@ -46,7 +44,9 @@ clean:
 # Prefect deployments (prefect.yaml) on the server that `make ui` starts, run by a process worker:
 # `make deploy` once (and after changing prefect.yaml), `make worker` in a second terminal.
 PREFECT_API_URL ?= http://127.0.0.1:4200/api
-PREFECT_ENV := PREFECT_API_URL=$(PREFECT_API_URL) PREFECT_HOME=$(CURDIR)/.prefect GENZOO_PROJECT_DIR=$(CURDIR)
+# genzoo/ui.py `run`: the quiet project environment, with the CSRF token the server asks for.
+PREFECT_ENV := PREFECT_API_URL=$(PREFECT_API_URL) PREFECT_HOME=$(CURDIR)/.prefect GENZOO_PROJECT_DIR=$(CURDIR) \
+    $(BIN)/python -m genzoo.ui run --
 .PHONY: deploy worker
 
 deploy: install

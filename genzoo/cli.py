@@ -22,8 +22,6 @@ from pathlib import Path
 from genzoo.env import configure
 
 EXIT_BAD_INPUT = 2
-MAX_FETCH_SAMPLES = 100_000  # `fetch -n`: the samples are drawn and held in memory at once
-MAX_SEED = 2 ** 32 - 1  # numpy's seeds (genzoo/config.py: MAX_SEED)
 # Registered model names, aliases and run names reach MLflow filter strings ("name='...'"): no quotes there.
 REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -99,6 +97,8 @@ def check_model_ref(ref: str) -> None:
 
 
 def check_seed(seed: int) -> None:
+    from genzoo.config import MAX_SEED  # numpy's seed range
+
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {seed}")
 
@@ -132,43 +132,18 @@ def write_output(out: Path, write) -> None:
         raise UsageError(f"cannot write output {out}: {exc.strerror or exc}") from None
 
 
-def parse_model_uri(ref: str) -> str:
-    """NAME, NAME@ALIAS or NAME/VERSION -> an MLflow models:/ URI (latest version for a bare NAME)."""
-    check_model_ref(ref)
-    if ref.startswith("models:/"):
-        return ref
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return f"models:/{name}@{alias}"
-    if "/" in ref:
-        name, version = ref.split("/", 1)
-        if not version.isdigit():
-            raise UsageError(f"model version must be a number, got '{version}' in '{ref}'")
-        return f"models:/{name}/{version}"
-    from tasks.services import client
-
-    versions = client().search_model_versions(f"name='{ref}'")
-    if not versions:
-        raise UsageError(f"no registered model named '{ref}' in {_tracking()}")
-    return f"models:/{ref}/{max(int(v.version) for v in versions)}"
-
-
-def _tracking() -> str:
-    import os
-
-    return os.environ["MLFLOW_TRACKING_URI"]
-
-
 def cmd_fetch(args: argparse.Namespace) -> int:
     import numpy as np
 
-    if not 0 < args.n <= MAX_FETCH_SAMPLES:
-        raise UsageError(f"-n must be from 1 to {MAX_FETCH_SAMPLES:,}, got {args.n}")
+    from genzoo.serving.registry import MAX_SAMPLES
+
+    if not 0 < args.n <= MAX_SAMPLES:
+        raise UsageError(f"-n must be from 1 to {MAX_SAMPLES:,}, got {args.n}")
     check_seed(args.seed)
     check_model_ref(args.name)
     out = check_output(Path(args.output), (".npy", ".png"))
-    uri, model = load_registered(args.name)
-    x = model.predict({"n": args.n, "seed": args.seed})
+    registered = load_registered(args.name)
+    x = registered.sample(args.n, args.seed)
     if out.suffix == ".npy":
         write_output(out, lambda: np.save(out, x))
     else:
@@ -178,19 +153,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             write_output(out, lambda: save_samples(x, out, title=args.name))
         except ValueError as exc:
             raise UsageError(f"{exc}; write .npy instead") from None
-    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {uri} to {out}")
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} from {registered.uri} to {out}")
     return 0
 
 
 def load_registered(ref: str):
-    """The genzoo model behind a registered pyfunc (NAME, NAME@ALIAS, NAME/VERSION)."""
-    import mlflow
+    """The genzoo model registered as NAME, NAME@ALIAS or NAME/VERSION, built by the installed genzoo
+    code from its weights alone (genzoo.serving.registry: nothing stored in the registry runs)."""
+    from genzoo.serving import registry
+    from tasks.services import client
 
-    uri = parse_model_uri(ref)
-    try:
-        return uri, mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # MlflowException for unknown names, versions, aliases
-        raise UsageError(f"cannot load {uri} from {_tracking()}: {str(exc).splitlines()[0]}") from None
+    return registry.load(client(), ref)  # a RegistryError (a ConfigError) is one sentence, exit 2
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -212,8 +185,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from data import user
 
     user.check_values(user.inspect(data_path, min_rows=1))  # readable, numeric, bounded, finite: before any model loads
-    uri, pyfunc = load_registered(args.name)
-    model = pyfunc.unwrap_python_model().model
+    registered = load_registered(args.name)
+    model, uri = registered.model, registered.uri
     if model.likelihood_kind == "none":
         raise UsageError(f"{args.name} is a {model.name} model, an implicit model with no likelihood: nothing to score")
     try:

@@ -4,6 +4,9 @@
 DataFrame with columns n and seed (what `mlflow models serve` passes) -- and
 returns an array of shape (n, *data_shape). The weights travel as the artifact
 "weights" (a weights-only torch file), so no Python object is pickled.
+
+`genzoo fetch`/`score` never import this stored file: genzoo.serving.registry builds the model from
+the weights with the installed code. `mlflow.pyfunc.load_model` and `mlflow models serve` do import it.
 """
 
 import mlflow
@@ -22,17 +25,14 @@ class GenzooSampler(PythonModel):
     # The hint names what `mlflow models serve` passes (a dict works too); MLflow infers nothing from
     # it, and the logged signature (n, seed) -> samples stays the contract.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        import torch
+        from genzoo.serving.registry import draw
 
         if hasattr(model_input, "to_dict"):  # DataFrame
             rows = model_input.to_dict(orient="records")
             if len(rows) != 1:
                 raise ValueError(f"send exactly one row (n, seed), got {len(rows)}")
             model_input = rows[0]
-        n, seed = int(model_input.get("n", 16)), int(model_input.get("seed", 0))
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
-        return self.model.sample(n, torch.Generator().manual_seed(seed)).numpy()
+        return draw(self.model, int(model_input.get("n", 16)), int(model_input.get("seed", 0)))
 
 
 mlflow.models.set_model(GenzooSampler())

@@ -61,7 +61,7 @@ def alive_nodes(env: dict) -> list[tuple[str, str, float]]:
 def cluster(tmp_path, raw_data_dir):
     """A throw-away project and a 2-node local Ray cluster (1 CPU per node); yields the subprocess
     environment (RAY_ADDRESS included). Everything started is stopped afterwards, even on failure."""
-    from genzoo.env import QUIET
+    from genzoo.env import QUIET, RAY_TOKEN_FILE, ray_token
     from genzoo.scaffold import new_project
 
     marker = f"GENZOO_RAY_CLUSTER_TEST={uuid.uuid4().hex}"
@@ -79,6 +79,9 @@ def cluster(tmp_path, raw_data_dir):
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
         "PREFECT_HOME": str(project / ".prefect"),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Token authentication (QUIET's RAY_AUTH_MODE=token) as README's cluster set-up: every node
+        # and the pipeline read the project's token file.
+        "RAY_AUTH_TOKEN_PATH": str(ray_token(project / RAY_TOKEN_FILE)),
         "TMPDIR": str(temp),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     })

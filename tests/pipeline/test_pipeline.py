@@ -185,18 +185,25 @@ def test_a_service_error_in_one_training_fails_only_that_row(first_run, project,
 
 def test_fetch_registered_models(first_run, tmp_path):
     import mlflow
+    import torch
+
+    import models
 
     assert main(["fetch", "gan-digits@champion", "-n", "16", "-o", str(tmp_path / "grid.png")]) == 0
     from PIL import Image
 
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size[0] > 16 and im.size[1] > 16
-    assert main(["fetch", "vae-ring8/1", "-n", "7", "--seed", "3", "-o", str(tmp_path / "s.npy")]) == 0
+    row = next(r for r in first_run.rows if (r["family"], r["dataset"]) == ("vae", "ring8"))
+    assert main(["fetch", row["registered"], "-n", "7", "--seed", "3", "-o", str(tmp_path / "s.npy")]) == 0
     x = np.load(tmp_path / "s.npy")
     assert x.shape == (7, 2) and np.isfinite(x).all()
-    model = mlflow.pyfunc.load_model("models:/vae-ring8/1")
-    assert np.array_equal(model.predict({"n": 7, "seed": 3}), x)  # same seed, same samples
+    trained = models.load(row["model_path"]).eval()  # the training's own weights file, not the registry's copy
+    assert np.array_equal(trained.sample(7, torch.Generator().manual_seed(3)).numpy(), x)  # same seed, same samples
+    model = mlflow.pyfunc.load_model(f"models:/{row['registered']}")  # MLflow's own loader still serves it
+    assert np.array_equal(model.predict({"n": 7, "seed": 3}), x)
     assert main(["fetch", "gan-nothing", "-n", "4", "-o", str(tmp_path / "x.npy")]) == 2
+    assert main(["fetch", "evaluator-digits", "-n", "4", "-o", str(tmp_path / "x.npy")]) == 2  # not a generative model
 
 
 def test_second_dvc_repro_runs_nothing(first_run, project):

@@ -20,10 +20,10 @@ from genzoo.config import Preset
 from prefect import flow
 
 from tasks.schema import PipelineResult
-from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, pipeline
+from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, ON_EXIT, pipeline
 
 
-@flow(name="retrain")
+@flow(name="retrain", **ON_EXIT)
 def retrain(
     families: list[str] = DEFAULT_FAMILIES,
     datasets: list[str] = DEFAULT_DATASETS,

@@ -6,7 +6,8 @@ ephemeral API when PREFECT_API_URL is unset. Cancelled (the UI, the API), crashe
 or failed, it leaves no MLflow run RUNNING: its hooks end them KILLED or FAILED (`ON_EXIT`).
 """
 
-from __future__ import annotations
+# NOTE: no `from __future__ import annotations`: `flow.serve()` ships the flow function by value,
+# without the module globals a string annotation (e.g. 'Preset') would need to be resolved.
 
 from typing import Any
 

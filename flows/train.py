@@ -5,7 +5,8 @@ for a family, a dataset and a budget, and the result is registered as
 `<family>-<dataset>` (and promoted to `@champion` when it beats the current one).
 """
 
-from __future__ import annotations
+# NOTE: no `from __future__ import annotations`: `flow.serve()` ships the flow function by value,
+# without the module globals a string annotation (e.g. 'Preset') would need to be resolved.
 
 from genzoo.config import Preset
 from prefect import flow

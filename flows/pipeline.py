@@ -2,10 +2,12 @@
 registered as soon as its training ends (MLflow) -> report.
 
 Parameters are typed, so the Prefect UI shows them as a form. The flow runs on Prefect's
-ephemeral API when PREFECT_API_URL is unset.
+ephemeral API when PREFECT_API_URL is unset. Cancelled (the UI, the API), crashed (Ctrl-C, SIGTERM)
+or failed, it leaves no MLflow run RUNNING: its hooks end them KILLED or FAILED (`ON_EXIT`).
 """
 
-from __future__ import annotations
+# NOTE: no `from __future__ import annotations`: `flow.serve()` ships the flow function by value,
+# without the module globals a string annotation (e.g. 'Preset') would need to be resolved.
 
 from typing import Any
 
@@ -15,12 +17,17 @@ from genzoo.config import Preset
 from genzoo.env import configure
 from tasks.plan import PipelineRequest, order_trainings, plan, plan_models, start_pipeline_run
 from tasks.schema import PipelineResult
+from tasks.tracking import close_runs_hook
+
+# The flows' state hooks: whatever way a flow run ends early, its MLflow runs end with it.
+ON_EXIT = {"on_cancellation": [close_runs_hook("KILLED")], "on_crashed": [close_runs_hook("KILLED")],
+           "on_failure": [close_runs_hook("FAILED")]}
 
 DEFAULT_FAMILIES = ["gan", "vae"]
 DEFAULT_DATASETS = ["ring8", "grid25", "digits", "mnist"]
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", **ON_EXIT)
 def pipeline(
     families: list[str] = DEFAULT_FAMILIES,
     datasets: list[str] = DEFAULT_DATASETS,

@@ -14,16 +14,17 @@ NOTE: DVC tracks the code and params of the prepare stages, not the raw download
 folders: replacing a raw file alone does not make `dvc repro` re-prepare it.
 """
 
-from __future__ import annotations
+# NOTE: no `from __future__ import annotations`: `flow.serve()` ships the flow function by value,
+# without the module globals a string annotation (e.g. 'Preset') would need to be resolved.
 
 from genzoo.config import Preset
 from prefect import flow
 
 from tasks.schema import PipelineResult
-from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, pipeline
+from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, ON_EXIT, pipeline
 
 
-@flow(name="retrain")
+@flow(name="retrain", **ON_EXIT)
 def retrain(
     families: list[str] = DEFAULT_FAMILIES,
     datasets: list[str] = DEFAULT_DATASETS,

@@ -5,16 +5,17 @@ for a family, a dataset and a budget, and the result is registered as
 `<family>-<dataset>` (and promoted to `@champion` when it beats the current one).
 """
 
-from __future__ import annotations
+# NOTE: no `from __future__ import annotations`: `flow.serve()` ships the flow function by value,
+# without the module globals a string annotation (e.g. 'Preset') would need to be resolved.
 
 from genzoo.config import Preset
 from prefect import flow
 
 from tasks.schema import PipelineResult
-from flows.pipeline import pipeline
+from flows.pipeline import ON_EXIT, pipeline
 
 
-@flow(name="train")
+@flow(name="train", **ON_EXIT)
 def train(family: str, dataset: str, preset: Preset = "quick") -> PipelineResult:
     """Train, evaluate and register `family` on `dataset` with the `preset` budget."""
     return pipeline(families=[family], datasets=[dataset], preset=preset)

@@ -53,11 +53,12 @@ def evaluate_model(req: ModelRequest, ctx: RunContext, run: TrackedRun, model_pa
     from tasks.ray_job import admission, cpu_capacity
 
     ecfg = EvalConfig(**ctx.evaluate)
+    prepared = data.load(req.prepared_dir)
+    check_data_version(req, prepared)
     with admission.slot(1.0, cpu_capacity()):
         t0 = time.perf_counter()
         torch.set_num_threads(1)  # the one CPU it holds
         model = models.load(model_path)
-        prepared = data.load(req.prepared_dir)
         samples, timing = sample(model, req, ecfg, Path(model_path).parent, run, prepared)
         out = measure(model, req.dataset, prepared, samples, ecfg, ctx.evaluators.get(req.dataset))
         timing["eval_seconds"] = time.perf_counter() - t0  # sampling included
@@ -67,6 +68,15 @@ def evaluate_model(req: ModelRequest, ctx: RunContext, run: TrackedRun, model_pa
         if key.endswith("_warning"):
             say(f"warning: {text}")
     return {**out, **timing}
+
+
+def check_data_version(req: ModelRequest, prepared: data.Prepared) -> None:
+    """The prepared folder is read again here: refuse it when it is no longer the data version the
+    model was trained and tagged on (another run re-prepared it meanwhile)."""
+    trained, now = req.manifest["hash"], prepared.manifest["hash"]
+    if now != trained:
+        raise data.DataError(f"{req.prepared_dir} now holds data version {now}, but {req.name} was trained on "
+                             f"{trained}: not evaluated on other data (run the pipeline again to train on it)")
 
 
 def _log(run: TrackedRun, out: dict, n_samples: int, ecfg: EvalConfig, prepared: data.Prepared) -> None:

@@ -14,7 +14,7 @@ from tasks import progress
 from tasks.evaluate import evaluate_model
 from tasks.plan import queue_key
 from tasks.ray_job import admission
-from tasks.register import register_and_promote
+from tasks.register import ensure_promoted, register_and_promote
 from tasks.schema import ModelRequest, ModelResult, RunContext, Tag
 from tasks.tracking import tracked_run
 from tasks.train import run_tags, train, training_key
@@ -83,11 +83,15 @@ def _train_evaluate_register(req: ModelRequest, ctx: RunContext, run, key: str, 
     stage[0] = "evaluation"
     result.metrics = evaluate_model(req, ctx, run, trained.model_path)
     stage[0] = "registration"
+    decision = None
     if trained.already_registered:  # a reused training keeps its registered version
         result.registered = trained.already_registered
         run.tag(Tag.REGISTERED, trained.already_registered)
+        if ctx.register:  # and is decided on, if a crash came between its registration and promotion
+            decision = ensure_promoted(trained.already_registered, result.metrics)
     elif ctx.register:
         decision = register_and_promote(req, run, trained.model_path, result.metrics)
+    if decision is not None:
         result.registered, result.decision = decision["registered"], decision["decision"]
         result.decision_reason = decision["reason"]
 

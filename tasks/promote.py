@@ -10,12 +10,31 @@ later comparison reads the champion's tags and needs no run lookups.
 
 The functions take an `MlflowClient`, so they are tested against a plain SQLite
 store without Prefect or Ray; the pipeline's register step calls `promote`.
+
+Concurrency (two pipelines registering one model name at once): the decision is taken under a
+per-model lock (`model_lock`: an exclusive `flock` on <lock folder>/<name>.lock), and the champion
+is read inside it, so promotions of one name are serialised and each compares with the champion
+the previous one left. What is guaranteed:
+- every process that promotes with the same lock folder, on one machine (the default folder is
+  the project's .genzoo/locks, beside its SQLite store) or on machines that share it over a file
+  system with working `flock` (set GENZOO_LOCK_DIR, e.g. on the NFS folder of GENZOO_RAY_STORAGE):
+  the better version always ends as champion and the decision tags say how it got there;
+- promoters that share a tracking server but not a lock folder: MLflow has no compare-and-set on
+  aliases, so after moving the alias each promoter reads it back and, when another version holds it
+  by then, decides again against that one (at most VERIFY_ROUNDS times). That narrows the race to
+  the moment between another writer's alias write and its read-back; it does not close it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import math
-from typing import Any, NamedTuple
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -28,6 +47,29 @@ SUPERSEDED_TAG = "genzoo.superseded_by"
 DATA_TAG = "data_hash"  # set by the register task: the DVC data version the metrics were measured on
 
 NO_METRIC = "no comparable metric"
+LOCK_DIR_ENV = "GENZOO_LOCK_DIR"
+VERIFY_ROUNDS = 3
+
+
+def lock_dir() -> Path:
+    """GENZOO_LOCK_DIR, else <project>/.genzoo/locks (GENZOO_PROJECT_DIR, else the current folder)."""
+    folder = os.environ.get(LOCK_DIR_ENV) or Path(os.environ.get("GENZOO_PROJECT_DIR") or os.getcwd()) / ".genzoo" / "locks"
+    return Path(folder)
+
+
+@contextlib.contextmanager
+def model_lock(name: str, folder: Path | None = None) -> Iterator[None]:
+    """Exclusive lock of registered model `name` across threads and processes: `flock` belongs to an
+    open file, so every holder opens its own; the kernel drops it when a holder dies."""
+    folder = Path(folder or lock_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    with open(folder / f"{safe}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Primary(NamedTuple):
@@ -88,9 +130,11 @@ def stored_metrics(tags: dict[str, str]) -> dict[str, str]:
     return {k[len(METRIC_TAG):]: v for k, v in tags.items() if k.startswith(METRIC_TAG)}
 
 
-def promote(client, name: str, version: str | int, metrics: dict[str, Any], likelihood_kind: str) -> dict[str, str]:
+def promote(client, name: str, version: str | int, metrics: dict[str, Any], likelihood_kind: str,
+            lock_folder: Path | None = None) -> dict[str, str]:
     """Tag `name`/`version` with its metrics and move the `champion` alias to it if it beats
-    the current champion (or there is none yet). Returns dict(decision=..., reason=...)."""
+    the current champion (or there is none yet), under `model_lock(name)`.
+    Returns dict(decision=..., reason=...)."""
     version = str(version)
     tags = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -98,8 +142,33 @@ def promote(client, name: str, version: str | int, metrics: dict[str, Any], like
     new = primary_metric(likelihood_kind, metrics)
     if new is not None:
         tags[PRIMARY_TAG] = new.name
+    with model_lock(name, lock_folder):
+        for _ in range(VERIFY_ROUNDS):
+            current = client.get_registered_model(name).aliases.get(CHAMPION)  # read inside the lock
+            decision, reason = _decide(client, name, version, current, new, likelihood_kind)
+            for key, value in {**tags, DECISION_TAG: decision, REASON_TAG: reason}.items():
+                client.set_model_version_tag(name, version, key, value)
+            if decision != CHAMPION or str(current) == version:
+                break
+            client.set_registered_model_alias(name, CHAMPION, version)
+            if current is not None:
+                client.set_model_version_tag(name, str(current), SUPERSEDED_TAG, version)
+            if str(client.get_registered_model(name).aliases.get(CHAMPION)) == version:
+                break  # read back: no promoter outside this lock moved it meanwhile
+    return {"decision": decision, "reason": reason}
 
-    current = client.get_registered_model(name).aliases.get(CHAMPION)
+
+def decision_of(client, name: str, version: str | int) -> dict[str, str] | None:
+    """The decision recorded on a version, or None when it was never promoted (a crash between
+    registering and promoting)."""
+    tags = client.get_model_version(name, str(version)).tags
+    if DECISION_TAG not in tags:
+        return None
+    return {"decision": tags[DECISION_TAG], "reason": tags.get(REASON_TAG, "")}
+
+
+def _decide(client, name: str, version: str, current, new: Primary | None, likelihood_kind: str) -> tuple[str, str]:
+    """Champion or challenger against the champion `current` (None: there is none yet), and why."""
     if current is None:
         decision, reason = CHAMPION, f"first champion of {name}" + ("" if new else f" ({NO_METRIC})")
     elif str(current) == version:
@@ -122,11 +191,4 @@ def promote(client, name: str, version: str | int, metrics: dict[str, Any], like
             decision = CHAMPION if beats else CHALLENGER
             verb = "beats" if beats else "does not beat"
             reason = f"{new.describe()} {verb} champion v{current}'s {old.describe()} ({new.rule()})"
-
-    for key, value in {**tags, DECISION_TAG: decision, REASON_TAG: reason}.items():
-        client.set_model_version_tag(name, version, key, value)
-    if decision == CHAMPION and str(current) != version:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        if current is not None:
-            client.set_model_version_tag(name, str(current), SUPERSEDED_TAG, version)
-    return {"decision": decision, "reason": reason}
+    return decision, reason

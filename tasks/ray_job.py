@@ -11,8 +11,13 @@ Two ways in, one training loop (genzoo.training.fit) and one checkpoint format:
   ray.train.report, FailureConfig(max_failures)).
 
 Either way the worker writes one JSON line per epoch to <scratch>/progress.jsonl (what the
-driver's progress display reads) and its pid and node to worker-<rank>.pid/.node (operators and
-tests find, watch or kill it there).
+driver's progress display reads), one line per attempt to <scratch>/attempts, and its pid and node
+to worker-<rank>.pid/.node (operators and tests find, watch or kill it there).
+
+The last epoch's checkpoint lives where the training's key says (<storage>/_checkpoints/<key>.pt),
+not where the pipeline run says: a new pipeline run of the same training (after a crash, a kill or
+a cancel) finds it, checks that it is whole and of the same key, and resumes from it. Once the
+weights are in MLflow the checkpoint is dropped (tasks/train.py).
 """
 
 from __future__ import annotations
@@ -33,8 +38,36 @@ import torch
 
 STATE_FILE = "state.pt"
 FAILURE_FILE = "nonfinite.txt"
-CHECKPOINT = "checkpoint.pt"  # the single-worker path's last epoch
+CHECKPOINT = "checkpoint.pt"  # the last epoch, when no training key names its place
+CHECKPOINTS = "_checkpoints"  # <storage>/_checkpoints/<training key>.pt
 PROGRESS = "progress.jsonl"
+ATTEMPTS = "attempts"  # one line per attempt (Ray retries after a failure)
+HELD = "held"  # written by a worker held by an injected fault
+FAULT_ENV = "GENZOO_FAULT"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """Fault injection for tests and chaos drills, read from GENZOO_FAULT (JSON) in the driver's
+    environment when a training of `family` is submitted, e.g. '{"family": "gan", "hold_after_epoch": 1}':
+
+    - hold_after_epoch: after that epoch's checkpoint the worker writes <scratch>/held and stops
+      making progress (a hung node); the pipeline is then killed or cancelled from outside;
+    - fail_every_attempt: the worker raises before training, on every attempt, so the retries
+      (train.max_failures) are exhausted.
+    It never enters the training key: it changes how a training is interrupted, not what it computes."""
+
+    family: str
+    hold_after_epoch: int | None = None
+    fail_every_attempt: bool = False
+
+    @classmethod
+    def from_env(cls, family: str) -> "Fault | None":
+        text = os.environ.get(FAULT_ENV)
+        if not text:
+            return None
+        fault = cls(**json.loads(text))
+        return fault if fault.family == family else None
 
 
 @dataclasses.dataclass
@@ -59,6 +92,9 @@ class TrainJob:
     scratch: str
     run_name: str
     fail_once_at_epoch: int | None = None
+    checkpoint: str = ""  # the last epoch's checkpoint file (see the module docstring)
+    train_key: str | None = None  # written into every checkpoint and checked before resuming from one
+    fault: Fault | None = None
 
 
 def _fit(job: TrainJob, rank: int, world: int, device: torch.device, resume: dict | None,
@@ -81,6 +117,11 @@ def _fit(job: TrainJob, rank: int, world: int, device: torch.device, resume: dic
     scratch = Path(job.scratch)
     (scratch / f"worker-{rank}.pid").write_text(str(os.getpid()))
     (scratch / f"worker-{rank}.node").write_text(node_id)
+    if rank == 0:
+        with open(scratch / ATTEMPTS, "a") as f:
+            f.write(f"{time.time():.3f} pid {os.getpid()} from epoch {resume['epoch'] if resume else 0}\n")
+    if job.fault and job.fault.fail_every_attempt:
+        raise RuntimeError("injected worker failure (every attempt)")
     marker = scratch / "injected-failure"
     started = time.time()
 
@@ -93,6 +134,10 @@ def _fit(job: TrainJob, rank: int, world: int, device: torch.device, resume: dic
         if job.fail_once_at_epoch == epoch and rank == 0 and not marker.exists():
             marker.touch()  # fault injection (tests, chaos drills): fail once, after the checkpoint
             raise RuntimeError(f"injected worker failure after epoch {epoch}")
+        if job.fault and job.fault.hold_after_epoch == epoch and rank == 0:
+            (scratch / HELD).write_text(str(epoch))
+            while True:  # injected hang: only a kill or a cancel from outside ends this worker
+                time.sleep(1)
 
     quiet = (lambda msg: None) if rank else (lambda msg: print(f"[{job.run_name}] {msg}", flush=True))
     fit(model, train, tcfg, val=val, resume=resume, rank=rank, world_size=world, on_epoch_end=on_epoch_end,
@@ -107,22 +152,60 @@ def _task_body(job: TrainJob) -> dict[str, Any]:
     from genzoo.training import NonFiniteLoss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
-    ckpt = Path(job.scratch) / CHECKPOINT
-    resume = torch.load(ckpt, map_location=device, weights_only=True) if ckpt.exists() else None
+    ckpt = Path(job.checkpoint)
+    resume = load_checkpoint(ckpt, job.train_key, job.train["epochs"], device)
     last: dict[str, Any] = {}
 
     def save(epoch: int, metrics: dict, state: dict) -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(ckpt)  # atomic: a killed worker leaves the previous epoch's checkpoint whole
+        save_checkpoint(ckpt, job.train_key, state)
         last["state"] = state
 
     try:
         _fit(job, 0, 1, device, resume, save, ray.get_runtime_context().get_node_id())
     except NonFiniteLoss as exc:  # not a worker fault: a retry from the checkpoint would only diverge again
         return {"nonfinite": str(exc)}
-    return {"state": torch.load(ckpt, map_location="cpu", weights_only=True) if "state" not in last
-            else _to_cpu(last["state"])}
+    return {"state": _to_cpu(last["state"] if "state" in last else resume)}  # resumed at the end: nothing left
+
+
+def save_checkpoint(path: Path, key: str | None, state: dict) -> None:
+    """Write `state` (with the training key) atomically: a worker killed mid-write leaves the previous
+    epoch's checkpoint whole. The temporary name is this writer's own, so two trainings of one key
+    (two pipelines at once) never write into each other's file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
+    torch.save({**state, "train_key": key}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, key: str | None, epochs: int, device: torch.device | str = "cpu") -> dict | None:
+    """The checkpoint at `path` when it is a whole file of this training (same key, an epoch within the
+    budget), else None: the training then starts from zero rather than from someone else's state."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated or not a checkpoint at all
+        print(f"not resuming from {path}: unreadable ({type(exc).__name__}: {exc})", flush=True)
+        return None
+    if not isinstance(state, dict) or state.get("train_key") != key:
+        print(f"not resuming from {path}: it belongs to another training", flush=True)
+        return None
+    if not 0 < int(state.get("epoch", 0)) <= epochs:
+        print(f"not resuming from {path}: its epoch {state.get('epoch')} is outside 1..{epochs}", flush=True)
+        return None
+    return state
+
+
+def checkpoint_path(storage: Path, key: str | None, scratch: Path) -> Path:
+    """Where a training's last epoch is kept: by its key when it has one, else in its run's scratch."""
+    if key is None:
+        return scratch / CHECKPOINT
+    (storage / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    return storage / CHECKPOINTS / f"{key}.pt"
+
+
+def drop_checkpoint(storage: Path, key: str) -> None:
+    """The training's weights are in MLflow: its checkpoint is no longer needed to resume."""
+    (storage / CHECKPOINTS / f"{key}.pt").unlink(missing_ok=True)
 
 
 def _to_cpu(obj):
@@ -146,17 +229,19 @@ def _train_worker(job: TrainJob) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    resume = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # a restart within this job (FailureConfig)
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
+    else:  # an earlier pipeline run's training of the same key, if it left one
+        resume = load_checkpoint(Path(job.checkpoint), job.train_key, job.train["epochs"], device)
 
     def save(epoch: int, metrics: dict, state: dict) -> None:
         with tempfile.TemporaryDirectory(dir=job.scratch) as d:
             ckpt = None
             if rank == 0:
                 torch.save(state, Path(d) / STATE_FILE)
+                save_checkpoint(Path(job.checkpoint), job.train_key, state)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report({**metrics, "epoch": epoch}, checkpoint=ckpt)
 
@@ -255,9 +340,11 @@ def cpu_capacity() -> float:
 def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manifest: dict,
                  model_config: dict[str, Any], train_config: dict[str, Any], storage: Path,
                  run_tag: str | None = None, fail_once_at_epoch: int | None = None,
-                 queue_key: str | None = None) -> TrainOutcome:
+                 queue_key: str | None = None, train_key: str | None = None, resume: bool = True) -> TrainOutcome:
     """Train on the cluster (starting a local one if none is connected); never raises for a failed
-    training: the outcome says FAILED and why. `queue_key`: its place in `admission`'s order."""
+    training: the outcome says FAILED and why. `queue_key`: its place in `admission`'s order.
+    `train_key`: the training's identity, which names its checkpoint; with `resume`, a checkpoint an
+    earlier (killed) run of that key left is continued, without it the training starts from zero."""
     import ray
 
     from tasks.services import cluster_has_gpus, ensure_ray
@@ -272,8 +359,11 @@ def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manif
     run_name = f"{family}-{dataset}-{run_tag or uuid.uuid4().hex[:8]}"
     scratch = storage / "_scratch" / run_name
     scratch.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_path(storage, train_key, scratch)
+    if not resume:
+        ckpt.unlink(missing_ok=True)
     job = TrainJob(family, model_config, train_config, manifest, ray.put({k: arrays[k] for k in ("train", "val")}),
-                   str(scratch), run_name, fail_once_at_epoch)
+                   str(scratch), run_name, fail_once_at_epoch, str(ckpt), train_key, Fault.from_env(family))
     workers = train_config["num_workers"]
     need = workers * (1.0 if use_gpu else train_config["cpus_per_worker"])
     capacity = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1.0)
@@ -286,8 +376,8 @@ def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manif
             else:
                 state, failure = _run_trainer(job, use_gpu, storage)
     except Exception as exc:  # Ray wraps worker errors (TrainingFailedError, RayTaskError)
-        return TrainOutcome("FAILED", f"training failed: {_root_cause(exc)}", None, [], time.perf_counter() - t0,
-                            run_name)
+        return TrainOutcome("FAILED", f"training failed{_attempts(scratch, train_config)}: {_root_cause(exc)}", None,
+                            [], time.perf_counter() - t0, run_name)
     history = state["history"] if state else []
     seconds = time.perf_counter() - t0
     if failure is not None:
@@ -335,6 +425,14 @@ def ray_storage(root: Path) -> Path:
     """Where trainings keep checkpoints: GENZOO_RAY_STORAGE (a folder every node of a multi-node
     cluster can reach, e.g. NFS), else <project>/ray_results."""
     return Path(os.environ.get("GENZOO_RAY_STORAGE") or Path(root) / "ray_results").resolve()
+
+
+def _attempts(scratch: Path, train_config: dict[str, Any]) -> str:
+    """' on attempt 3 of 3 (train.max_failures=2)' when the worker's attempts were counted."""
+    path = scratch / ATTEMPTS
+    made = len(path.read_text().splitlines()) if path.is_file() else 0
+    allowed = train_config["max_failures"] + 1
+    return f" on attempt {made} of {allowed} (train.max_failures={allowed - 1})" if made else ""
 
 
 def _root_cause(exc: BaseException) -> str:

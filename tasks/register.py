@@ -82,6 +82,19 @@ def register_and_promote(req: ModelRequest, run: TrackedRun, model_path: str, me
     return {"registered": f"{name}/{version}", **decision}
 
 
+def ensure_promoted(registered: str, metrics: dict) -> dict[str, str]:
+    """The decision of a reused training's registered version NAME/VERSION; a version that was never
+    decided on (its pipeline crashed between registering and promoting) is promoted now, with the
+    metrics this run measured on the same data version. Returns {registered, decision, reason}."""
+    from tasks.promote import decision_of, promote
+
+    name, version = registered.rsplit("/", 1)
+    decided = decision_of(client(), name, version)
+    if decided is None:
+        decided = promote(client(), name, version, metrics, metrics["likelihood_kind"])
+    return {"registered": registered, **decided}
+
+
 @task(name="register-evaluator", retries=2, retry_delay_seconds=2)
 def register_evaluator(root: str, dataset: str, folder: str) -> str:
     """Register `evaluator-<dataset>` once per trained evaluator (keyed by the weights' sha256)."""

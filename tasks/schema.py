@@ -28,6 +28,12 @@ class Tag:
     FAILURE = "genzoo.failure_reason"
     RAY_RUN = "genzoo.ray_run"
     KIND = "genzoo.kind"  # 'evaluator' on an evaluator network's run
+    CODE_VERSION = "genzoo.code_version"  # digest of the training code (tasks/train.py: code_version)
+    WEIGHTS_SHA256 = "genzoo.weights_sha256"  # of the uploaded model.pt; set with TRAINED, after the upload
+    OWNER_HOST = "genzoo.owner_host"  # the process that opened a run, so a stale RUNNING run can be
+    OWNER_PROCESS = "genzoo.owner_process"  # told from a live one: "<pid>:<start time>:<boot id>"
+    PREFECT_FLOW_RUN = "genzoo.prefect_flow_run"  # the pipeline flow run that opened a parent run
+    PREFECT_ROOT_FLOW_RUN = "genzoo.prefect_root_flow_run"  # its outermost flow run (train, retrain)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -33,7 +34,10 @@ def ensure_ray() -> bool:
             _loopback_only()
             # Keep the object store modest: the datasets here are small and /dev/shm is shared.
             kwargs["object_store_memory"] = int(os.environ.get("GENZOO_RAY_OBJECT_STORE_BYTES", 1_000_000_000))
+        before = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         ray.init(address=address, **kwargs)
+        if before is not None:  # NOTE: ray.init replaces the SIGTERM handler with sys.exit; keep Prefect's
+            signal.signal(signal.SIGTERM, before)  # (a cancel from the UI then ends the flow run Cancelled)
         return True
 
 

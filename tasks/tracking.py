@@ -2,18 +2,28 @@
 
 `tracked_run` is the one way a run is opened: the code that opens it owns it until it ends,
 FINISHED, FAILED with a reason, or KILLED when the process is interrupted (Ctrl-C, a cancel).
+
+Two safety nets for what a `with` block cannot see:
+- a flow that is cancelled, crashes or fails runs `close_runs_hook` (Prefect's on_cancellation /
+  on_crashed / on_failure): every run still RUNNING under that flow run (found by the Prefect flow
+  run id tagged on the parent run) ends KILLED or FAILED, the children of other threads included;
+- a process killed outright (SIGKILL, power loss) runs nothing: each run is tagged with the host
+  and the process (pid and start time) that opened it, and `sweep_stale_runs` (called when a
+  pipeline run starts) ends KILLED the RUNNING runs of this host whose process is gone. Runs opened
+  on other hosts are left alone: from here it cannot be told whether their process lives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tasks.schema import Tag
 
-from tasks.services import client, experiment_id
+from tasks.services import EXPERIMENT, client, experiment_id
 
 
 def flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
@@ -27,8 +37,28 @@ def flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def owner_tags() -> dict[str, str]:
+    """Which process opens a run: this host, and this process's pid with its start time (a pid alone
+    may be reused by another process later)."""
+    import psutil
+
+    me = psutil.Process()
+    return {Tag.OWNER_HOST: socket.gethostname(), Tag.OWNER_PROCESS: f"{me.pid}:{me.create_time():.3f}"}
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process "<pid>:<start time>" of this host still runs."""
+    import psutil
+
+    pid, _, started = owner.partition(":")
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
 def start_run(root: Path, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
-    all_tags = dict(tags)
+    all_tags = {**owner_tags(), **tags}
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
     run = client().create_run(experiment_id(root), run_name=name, tags=all_tags)
@@ -91,15 +121,72 @@ class TrackedRun:
         client().log_artifact(self.run_id, str(path))
 
 
+def sweep_stale_runs(root: Path | str) -> list[str]:
+    """End KILLED every RUNNING run of the experiment opened on this host by a process that is gone;
+    returns their ids. Safe beside live pipelines: their processes run."""
+    host = socket.gethostname()
+    runs = client().search_runs([experiment_id(Path(root))],
+                                f"attributes.status = 'RUNNING' and tags.`{Tag.OWNER_HOST}` = '{host}'",
+                                max_results=5000)
+    swept = []
+    for run in runs:
+        owner = run.data.tags.get(Tag.OWNER_PROCESS, "")
+        if owner and not owner_alive(owner):
+            end_run(run.info.run_id, "KILLED",
+                    f"stale: its process (pid {owner.partition(':')[0]} on {host}) ended without closing it")
+            swept.append(run.info.run_id)
+    return swept
+
+
+def end_flow_run_runs(flow_run_id: str, status: str, reason: str) -> list[str]:
+    """End `status` every run still RUNNING under Prefect flow run `flow_run_id` (the parent runs it
+    or a subflow of it opened, and their children); returns their ids."""
+    c = client()
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    parents = {}
+    for tag in (Tag.PREFECT_FLOW_RUN, Tag.PREFECT_ROOT_FLOW_RUN):
+        for run in c.search_runs([exp.experiment_id], f"tags.`{tag}` = '{flow_run_id}'", max_results=1000):
+            parents[run.info.run_id] = run
+    ended = []
+    for parent_id, parent in parents.items():
+        children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                 "attributes.status = 'RUNNING'", max_results=5000)
+        for run in [*children, parent]:
+            if c.get_run(run.info.run_id).info.status == "RUNNING":
+                end_run(run.info.run_id, status, reason)
+                ended.append(run.info.run_id)
+    return ended
+
+
+def close_runs_hook(status: str) -> Callable:
+    """A Prefect flow state hook (on_cancellation, on_crashed, on_failure) that ends the flow run's
+    MLflow runs still RUNNING with `status` and the state's message as the reason. It may run in
+    another process than the flow's (a worker runs on_cancellation), so it configures the env first."""
+
+    def close_runs(flow, flow_run, state) -> None:
+        from genzoo.env import configure
+
+        configure()
+        message = (state.message or "").strip() or "no message"
+        end_flow_run_runs(str(flow_run.id), status, f"flow run {state.type.value.lower()}: {message}")
+
+    close_runs.__name__ = f"close_runs_{status.lower()}"
+    return close_runs
+
+
 @contextlib.contextmanager
 def tracked_run(root: Path | str, name: str, tags: dict[str, str], parent_id: str | None = None) -> Iterator[TrackedRun]:
     """Open a run for the `with` block; it ends with the block: as `fail` said, FAILED with the
     exception that escaped, or KILLED on an interrupt."""
+    from prefect.exceptions import TerminationSignal
+
     run = TrackedRun(start_run(Path(root), name, tags, parent_id))
     try:
         yield run
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
-        end_run(run.run_id, "KILLED", "interrupted")
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, TerminationSignal) as exc:  # Ctrl-C, SIGTERM, a cancel
+        end_run(run.run_id, "KILLED", f"interrupted ({type(exc).__name__})")
         raise
     except BaseException as exc:
         end_run(run.run_id, "FAILED", f"{type(exc).__name__}: {exc}")

@@ -164,8 +164,8 @@ def test_killed_worker_resumes_from_its_checkpoint_and_registers_once(services, 
     while killed is None and time.time() < deadline and flow.is_alive():
         for run in scratch.glob("gan-grid25-*"):
             pid_file = run / "worker-0.pid"
-            # the worker has written its first checkpoint (renamed into place whole)
-            if run.name not in before and pid_file.exists() and (run / "checkpoint.pt").exists():
+            # the worker has written its first checkpoint (renamed into place whole, then the progress line)
+            if run.name not in before and pid_file.exists() and (run / "progress.jsonl").exists():
                 killed = int(pid_file.read_text())
                 os.kill(killed, signal.SIGKILL)
                 break

@@ -12,10 +12,11 @@ or failed, it leaves no MLflow run RUNNING: its hooks end them KILLED or FAILED 
 from typing import Any
 
 from prefect import flow, unmapped
+from prefect.states import Failed
 
 from genzoo.config import Preset
 from genzoo.env import configure
-from tasks.plan import PipelineRequest, order_trainings, plan, plan_models, start_pipeline_run
+from tasks.plan import BadInput, PipelineRequest, cluster_for, order_trainings, plan, plan_models, start_pipeline_run
 from tasks.schema import PipelineResult
 from tasks.tracking import close_runs_hook
 
@@ -46,15 +47,17 @@ def pipeline(
     from tasks.prepare import prepare_datasets
     from tasks.register import register_evaluators
     from tasks.report import report
-    from tasks.services import ray_session
 
     root = configure()
     request = PipelineRequest(families, datasets, preset, train_overrides, model_overrides, evaluate_overrides,
                               register_models, reuse_trainings, fail_once_at_epoch)
-    checked = plan(request, root)  # every input checked; nothing started or written yet
+    try:
+        checked = plan(request, root)  # every input checked; nothing started or written yet
+    except BadInput as exc:  # the flow run fails with the sentence itself (the UI's state message), no traceback
+        return Failed(message=str(exc), data=exc)  # a direct call raises `exc`
     prepared = prepare_datasets(datasets, str(root))  # data versions and evaluator networks (DVC)
     requests, skipped = plan_models(checked, prepared)
-    with ray_session(), start_pipeline_run(checked, prepared, skipped) as (parent, ctx):
+    with cluster_for(checked), start_pipeline_run(checked, prepared, skipped) as (parent, ctx):
         progress.open_board(ctx.run_name, len(requests))
         try:
             requests = order_trainings(requests, ctx, list(prepared))  # the longest first, baselines last

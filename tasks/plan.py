@@ -17,8 +17,13 @@ from typing import Any, Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from data.errors import DataError
 from genzoo.config import EvalConfig, Params, TrainConfig
+from models.base import ConfigError
 from tasks.schema import ModelRequest, RunContext, Tag
+
+
+BadInput = (DataError, ConfigError)  # what `plan` raises for a bad input: one sentence, exit 2 (genzoo/cli.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +188,17 @@ def check_trainings(trainings: tuple[tuple[str, TrainConfig], ...], capacity: Ca
         if t.use_gpu == "true" and t.num_workers > capacity.gpus:
             raise ConfigError(f"{where}: use_gpu is true with num_workers {t.num_workers}, but {capacity.where} has "
                               f"{capacity.gpus} GPU(s), one per worker is needed")
+
+
+@contextlib.contextmanager
+def cluster_for(checked: Plan) -> Iterator[None]:
+    """Ray for this run (started here, or the RAY_ADDRESS cluster), its resources checked against the
+    plan's trainings before anything is submitted: a flow run from the UI gets the CLI's check."""
+    from tasks.services import ray_session
+
+    with ray_session():
+        check_cluster(checked)
+        yield
 
 
 def check_cluster(checked: Plan) -> None:

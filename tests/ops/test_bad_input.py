@@ -339,7 +339,7 @@ def test_bad_input_exits_2_and_registers_nothing(services, project, tmp_path, ca
 
 def test_a_flow_run_with_bad_input_fails_with_the_sentence(services, project, bad):
     """A run started through Prefect (as from the UI) checks the same inputs in `plan`: the flow run ends
-    FAILED with the sentence as its state message, and nothing is prepared, tracked or registered."""
+    FAILED with the sentence itself as its state message, and nothing is prepared, tracked or registered."""
     from prefect.client.orchestration import get_client
 
     from flows.pipeline import pipeline
@@ -356,4 +356,5 @@ def test_a_flow_run_with_bad_input_fails_with_the_sentence(services, project, ba
         with get_client(sync_client=True) as c:
             recorded = c.read_flow_run(state.state_details.flow_run_id).state
         assert recorded.is_failed() and all(w in recorded.message for w in words), recorded.message
+        assert "Error" not in recorded.message and "exception" not in recorded.message  # the bare sentence
     assert _state(project) == before

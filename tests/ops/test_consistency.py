@@ -11,7 +11,6 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from promoter import promote_rounds

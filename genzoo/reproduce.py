@@ -141,8 +141,14 @@ BINARIZED_MNIST = Table(
 # fitted to 10,000 samples, sigma chosen on the validation set, mean over the 10,000 test images.
 _PARZEN_EVAL = {"n_image_samples": 10000, "parzen_examples": 10000, "sample_budget_seconds": 600,
                 "likelihood_examples": 1000}
-# cpu: Markov-chain samplers (GSN) stop after 2 minutes, with fewer than 10,000 samples (the count is logged)
-_PARZEN_CPU = {**_PARZEN_EVAL, "sample_budget_seconds": 120}
+# NOTE: cpu used to stop the samplers after 2 minutes; on a loaded machine that cut the GSN's Markov chain
+# below the protocol's 10,000 samples (about 50 s of one core when alone), so the figure depended on the load.
+# The cap is now the full budget's 600 s (the count is still logged).
+_PARZEN_CPU = dict(_PARZEN_EVAL)
+# cpu: 1,000 steps for the GSN and the GAN, the length their grey-image recipes were measured at (params.yaml
+# recipes; GSN Parzen 238.7 on 1,000 test rows) and about a minute of one core each, well inside `standard`'s
+# 15 minutes (was 3 x 200 steps, chosen under a load average of 15 to 25).
+_CPU_PARZEN_TRAIN = {"epochs": 4, "steps_per_epoch": 250, "batch_size": 100}
 PARZEN_MNIST = Table(
     name="parzen-mnist", dataset="mnist", metric="parzen_ll", unit="nats", lower_is_better=False,
     about="Parzen-window log-likelihood of the MNIST test images (pixels in [0, 1]), nats per image, from "
@@ -155,10 +161,10 @@ PARZEN_MNIST = Table(
         Entry("Deep GSN", 214, 1.1, "Goodfellow et al. 2014, Table 1 (from Bengio et al. 2014)", "gsn",
               model={"hidden": 1500, "walkback": 3},
               cuts={"cpu": {"hidden": 500}},
-              train={"cpu": {"epochs": 3, "steps_per_epoch": 200, "batch_size": 100}, "full": _FULL_TRAIN},
+              train={"cpu": _CPU_PARZEN_TRAIN, "full": _FULL_TRAIN},
               deviation="one hidden layer (the generalised denoising autoencoder case), not the deep GSN"),
         Entry("Adversarial nets", 225, 2, "Goodfellow et al. 2014, Table 1", "gan",
-              train={"cpu": {"epochs": 3, "steps_per_epoch": 200, "batch_size": 100}, "full": _FULL_TRAIN},
+              train={"cpu": _CPU_PARZEN_TRAIN, "full": _FULL_TRAIN},
               deviation="DCGAN-style convolutional players (paper: MLP generator, maxout discriminator)"),
         Entry("GMMN", 147, 2, "Li et al. 2015, Table 1", "gmmn",
               model={"latent_dim": 10, "hidden": [64, 256, 256, 1024], "autoencoder": False,

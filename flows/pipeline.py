@@ -24,6 +24,14 @@ from tasks.tracking import close_runs_hook
 ON_EXIT = {"on_cancellation": [close_runs_hook("KILLED")], "on_crashed": [close_runs_hook("KILLED")],
            "on_failure": [close_runs_hook("FAILED")]}
 
+def outcome(state):
+    """A subflow's result, or its failure passed on as this flow's own state: a bad input's sentence
+    stays the state message (the UI's) with no traceback, and a direct call still raises the error."""
+    if state.is_failed():
+        return Failed(message=state.message, data=state.result(raise_on_failure=False))
+    return state.result()
+
+
 DEFAULT_FAMILIES = ["gan", "vae"]
 DEFAULT_DATASETS = ["ring8", "grid25", "digits", "mnist"]
 

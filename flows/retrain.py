@@ -21,7 +21,7 @@ from genzoo.config import Preset
 from prefect import flow
 
 from tasks.schema import PipelineResult
-from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, ON_EXIT, pipeline
+from flows.pipeline import DEFAULT_DATASETS, DEFAULT_FAMILIES, ON_EXIT, outcome, pipeline
 
 
 @flow(name="retrain", **ON_EXIT)
@@ -31,4 +31,4 @@ def retrain(
     preset: Preset = "quick",
 ) -> PipelineResult:
     """Re-prepare the data through DVC, retrain `families` on `datasets`, register and promote."""
-    return pipeline(families=families, datasets=datasets, preset=preset)
+    return outcome(pipeline(families=families, datasets=datasets, preset=preset, return_state=True))

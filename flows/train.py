@@ -12,10 +12,10 @@ from genzoo.config import Preset
 from prefect import flow
 
 from tasks.schema import PipelineResult
-from flows.pipeline import ON_EXIT, pipeline
+from flows.pipeline import ON_EXIT, outcome, pipeline
 
 
 @flow(name="train", **ON_EXIT)
 def train(family: str, dataset: str, preset: Preset = "quick") -> PipelineResult:
     """Train, evaluate and register `family` on `dataset` with the `preset` budget."""
-    return pipeline(families=[family], datasets=[dataset], preset=preset)
+    return outcome(pipeline(families=[family], datasets=[dataset], preset=preset, return_state=True))

@@ -357,4 +357,10 @@ def test_a_flow_run_with_bad_input_fails_with_the_sentence(services, project, ba
             recorded = c.read_flow_run(state.state_details.flow_run_id).state
         assert recorded.is_failed() and all(w in recorded.message for w in words), recorded.message
         assert "Error" not in recorded.message and "exception" not in recorded.message  # the bare sentence
+    from flows.train import train  # the `train` deployment: the pipeline as a subflow passes the sentence on
+
+    state = train(family="gan", dataset=str(bad["withnan"]), preset="smoke", return_state=True)
+    with get_client(sync_client=True) as c:
+        recorded = c.read_flow_run(state.state_details.flow_run_id).state
+    assert recorded.is_failed() and "withnan.npy" in recorded.message and "Error" not in recorded.message, recorded
     assert _state(project) == before

@@ -59,9 +59,12 @@ NOISY_FAMILIES = {  # family, data, model config (tiny), a per-epoch metric that
 
 @pytest.mark.parametrize("case", list(NOISY_FAMILIES))
 def test_families_with_their_own_regime_take_the_same_steps_on_two_workers(case, services, tmp_path):
-    """GAN's two optimisers, the RBM's own gradient (CD-k and PCD, with its per-worker base-rate
-    counts and fantasy particles) and GMMN+AE's MMD on the gathered batch: 2 workers x 32 examples
-    end where 1 worker x 64 does (their training noise is each worker's stride of one draw)."""
+    """GAN's two optimisers, the RBM's own gradient (PCD, with its per-worker base-rate counts and
+    fantasy particles) and GMMN+AE's MMD on the gathered batch: 2 workers x 32 examples end where
+    1 worker x 64 does (their training noise is each worker's stride of one draw). The two trainings
+    run at once (0.5 + 2 x 0.5 CPUs), as a pipeline's do."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tasks.ray_job import run_training
 
     family, x, config, metric = NOISY_FAMILIES[case]
@@ -70,8 +73,9 @@ def test_families_with_their_own_regime_take_the_same_steps_on_two_workers(case,
     model = {"data_shape": [x.shape[1]], "data_kind": kind, **config}
     train = TrainConfig(epochs=2, batch_size=64, steps_per_epoch=4, cpus_per_worker=0.5, val_examples=0,
                         max_failures=0).to_dict()
-    one = run_training(family, "dp", arrays, manifest, model, {**train, "num_workers": 1}, tmp_path)
-    two = run_training(family, "dp", arrays, manifest, model, {**train, "num_workers": 2}, tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        one, two = pool.map(lambda n: run_training(family, f"dp{n}", arrays, manifest, model,
+                                                   {**train, "num_workers": n}, tmp_path), (1, 2))
     assert one.status == two.status == "FINISHED", (one.reason, two.reason)
     import models
 

@@ -239,28 +239,6 @@ def binarized_mnist(folders: list[Path], download_to: Path) -> Raw:
     return Raw("binary", 2, splits, "binarized MNIST, fixed split of Larochelle & Murray 2011", dict(BINARIZED_FILES))
 
 
-# ---------------------------------------------------------------------- user data (data/user.py reads it)
-def _canonical_shape(x: np.ndarray, path: Path) -> np.ndarray:
-    if x.ndim == 3:
-        return x[:, None]  # (N, H, W) -> (N, 1, H, W)
-    if x.ndim in (2, 4):
-        return x
-    raise DataError(f"{path} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
-
-
-def _infer_kind(x: np.ndarray, path: Path) -> tuple[str, int]:
-    if x.ndim < 2 or x.shape[0] < 10:
-        raise DataError(f"{path} has shape {x.shape}; expected at least 10 examples as rows")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"{path} contains NaN or infinite values")
-    values = np.unique(x) if x.size <= 50_000_000 else None
-    if values is not None and set(values.tolist()) <= {0, 1}:
-        return "binary", 2
-    if x.ndim >= 3 and x.dtype == np.uint8:
-        return "image", 256
-    return "points", 0
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -4,8 +4,8 @@ Read in two steps, so a bad file is refused before anything starts:
 
 1. `inspect(path)` reads headers only (the .npy header, the .npz members' headers, each image's
    size and mode through PIL without decoding its pixels), bounds the size and says what the
-   dataset is (`Header`). `tasks/plan.py: plan` calls it, with `check_values`, before any service
-   starts.
+   dataset is (`Header`). `tasks/plan.py: plan` calls it with the value scan (`check`) before any
+   service starts.
 2. `read(path)` (the prepare step) inspects again (defence in depth), then reads the data:
    a memory-mapped .npy, the .npz member, or the images decoded one by one into one preallocated
    array, checking values in chunks.
@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from data.errors import DataError
-from data.sources import Raw, _canonical_shape, _infer_kind, sha256_file
+from data.sources import Raw, sha256_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -228,18 +228,35 @@ def _image_headers(folder: Path) -> Header:
 
 
 # ---------------------------------------------------------------------- values
-def check_values(h: Header) -> None:
-    """Finite values (floats), read in chunks: a memory-mapped .npy never loads whole."""
+_SCANNED: set[tuple[str, int, int]] = set()  # array files whose values were found finite: (path, size, mtime)
+
+
+def check(path: Path) -> Header:
+    """`inspect` and `check_values`, the value scan once per version of a file in this process: the
+    CLI's `plan` and the flow's `plan` both check a dataset, and a large one need not be read twice."""
+    h = inspect(path)
+    if h.form == "images":
+        return h
+    st = h.path.stat()
+    version = (str(h.path.resolve()), st.st_size, st.st_mtime_ns)
+    if version not in _SCANNED:
+        check_values(h)
+        _SCANNED.add(version)
+    return h
+
+
+def check_values(h: Header, x: np.ndarray | None = None) -> None:
+    """Finite values (floats), read in chunks: a memory-mapped .npy never loads whole. `x`: the
+    array already read (the prepare step), else it is opened from the header."""
     if h.dtype.kind != "f":
         return
-    for start, chunk in _chunks(h):
+    for start, chunk in _chunks(h, _array(h) if x is None else x):
         if not np.isfinite(chunk).all():
             row = start + int(np.argwhere(~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1))[0, 0])
             raise DataError(f"{h.path} contains NaN or infinite values (first in row {row})")
 
 
-def _chunks(h: Header) -> Iterator[tuple[int, np.ndarray]]:
-    x = _array(h)
+def _chunks(h: Header, x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     rows = max(1, CHUNK_BYTES // max(1, h.nbytes // h.shape[0]))
     for start in range(0, h.shape[0], rows):
         yield start, np.asarray(x[start:start + rows])
@@ -260,14 +277,25 @@ def _array(h: Header) -> np.ndarray:
 def read(path: Path) -> Raw:
     """The user's dataset as a `Raw`, checked again from its headers before it is read."""
     h = inspect(path)
-    check_values(h)
     if h.form == "images":
         x = _decode_images(h)
         files = {f.name: sha256_file(f) for f in h.images}
     else:
         x = _array(h)
+        check_values(h, x)
         files = {h.path.name: sha256_file(h.path)}
-    return Raw(*_infer_kind(x, h.path), {"all": (_canonical_shape(x, h.path), None)}, f"user data {h.path}", files)
+    x = x[:, None] if x.ndim == 3 else x  # (N, H, W) -> (N, 1, H, W); inspect allowed 2, 3 or 4 dimensions
+    return Raw(*_kind(x), {"all": (x, None)}, f"user data {h.path}", files)
+
+
+def _kind(x: np.ndarray) -> tuple[str, int]:
+    """(data kind, levels) from the values: binary when they are all 0 or 1, 8-bit images, else points."""
+    values = np.unique(x) if x.size <= 50_000_000 else None
+    if values is not None and set(values.tolist()) <= {0, 1}:
+        return "binary", 2
+    if x.ndim >= 3 and x.dtype == np.uint8:
+        return "image", 256
+    return "points", 0
 
 
 def _decode_images(h: Header) -> np.ndarray:

@@ -14,7 +14,6 @@ Bad input exits with status 2 and one sentence naming the problem.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,8 +21,6 @@ from pathlib import Path
 from genzoo.env import configure
 
 EXIT_BAD_INPUT = 2
-# Registered model names, aliases and run names reach MLflow filter strings ("name='...'"): no quotes there.
-REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class UsageError(ValueError):
@@ -82,18 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def check_model_ref(ref: str) -> None:
-    """NAME, NAME@ALIAS or NAME/VERSION (or models:/ followed by one) with a plain name and alias, so
-    nothing the user typed can change an MLflow filter string."""
-    body = ref[len("models:/"):] if ref.startswith("models:/") else ref
-    name, alias = body.split("@", 1) if "@" in body else (body, None)
-    name, version = name.split("/", 1) if "/" in name and alias is None else (name, None)
-    if not REF_NAME_RE.match(name):
-        raise UsageError(f"model name '{name}' in '{ref}' is not a registered model name "
-                         f"(letters, digits, '-', '_', '.'; e.g. gan-mnist)")
-    if alias is not None and not re.match(r"^[A-Za-z0-9_-]+$", alias):
-        raise UsageError(f"alias '{alias}' in '{ref}' is not a model alias (letters, digits, '-', '_'; e.g. champion)")
-    if version is not None and not version.isdigit():
-        raise UsageError(f"model version must be a number, got '{version}' in '{ref}'")
+    """NAME, NAME@ALIAS or NAME/VERSION with a plain name and alias (genzoo.serving.registry.Reference),
+    checked before any model is loaded."""
+    from genzoo.serving.registry import Reference
+
+    Reference.parse(ref)
 
 
 def check_seed(seed: int) -> None:
@@ -229,8 +219,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tasks.report import find_pipeline_run, write_report
 
+    from genzoo.serving.registry import NAME_RE  # a run name reaches an MLflow filter string too
+
     root = configure()
-    if args.run is not None and not REF_NAME_RE.match(args.run):
+    if args.run is not None and not NAME_RE.match(args.run):
         raise UsageError(f"'{args.run}' is not a pipeline run name or id (letters, digits, '-', '_', '.')")
     try:
         run_id = find_pipeline_run(args.run)

@@ -32,6 +32,16 @@ def image_grid(x: np.ndarray, path: str | Path, nrow: int | None = None, scale: 
     return path
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def scatter(x: np.ndarray, path: str | Path, centers: np.ndarray | None = None, title: str = "") -> Path:
     """2-D samples as a scatter plot, with the true modes marked when given."""
     import matplotlib
@@ -46,11 +56,7 @@ def scatter(x: np.ndarray, path: str | Path, centers: np.ndarray | None = None, 
         ax.scatter(centers[:, 0], centers[:, 1], s=30, c="red", marker="x")
     ax.set_title(title)
     ax.set_aspect("equal")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 MARGINAL_PANELS = 11  # features drawn as marginals beside the projection (the first ones)
@@ -104,11 +110,7 @@ def vectors(x: np.ndarray, path: str | Path, reference: np.ndarray | None = None
         ax.set_title(f"feature {j}", fontsize=9)
     for ax in panels[1 + features:]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_samples(x: np.ndarray, path: str | Path, centers: np.ndarray | None = None, title: str = "",

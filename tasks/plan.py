@@ -140,7 +140,7 @@ def _check_dataset(spec: str, params: Params) -> None:
             raise data.DataError(f"dataset {spec} is not in the datasets list of params.yaml, "
                                  f"so dvc.yaml has no stage for it")
         return
-    user.check_values(user.inspect(Path(spec)))
+    user.check(Path(spec))
 
 
 @dataclasses.dataclass(frozen=True)

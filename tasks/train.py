@@ -23,6 +23,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from data.sources import sha256_file
 from tasks import progress
 from tasks.plan import queue_key
 from tasks.ray_job import drop_checkpoint, ray_storage, run_training
@@ -173,11 +174,6 @@ def mark_trained(run: TrackedRun, weights: Path) -> None:
     run.artifact(weights)
     run.tag(Tag.WEIGHTS_SHA256, digest)
     run.tag(Tag.TRAINED, "1")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def finished_trainings(key: str, limit: int = REUSE_CANDIDATES) -> list:

@@ -15,6 +15,7 @@ they trust whoever writes the registry (README, "Reliability and security").
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +34,12 @@ class RegistryError(ConfigError):
     so the CLI prints it as one sentence with exit status 2."""
 
 
+# Registered model names, aliases (and pipeline run names) reach MLflow filter strings ("name='...'"):
+# plain characters only, so nothing a user types can change a filter.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """NAME, NAME@ALIAS or NAME/VERSION (a `models:/` prefix is accepted); a bare NAME is its latest version."""
@@ -43,16 +50,19 @@ class Reference:
 
     @classmethod
     def parse(cls, ref: str) -> Reference:
+        """The reference, checked: a plain name and alias, a numeric version."""
         text = ref.removeprefix("models:/")
-        if "@" in text:
-            name, alias = text.split("@", 1)
-            return cls(name, alias=alias)
-        if "/" in text:
-            name, version = text.split("/", 1)
-            if not version.isdigit():
-                raise RegistryError(f"model version must be a number, got '{version}' in '{ref}'")
-            return cls(name, version=version)
-        return cls(text)
+        name, alias = text.split("@", 1) if "@" in text else (text, None)
+        name, version = name.split("/", 1) if "/" in name and alias is None else (name, None)
+        if not NAME_RE.match(name):
+            raise RegistryError(f"model name '{name}' in '{ref}' is not a registered model name "
+                                f"(letters, digits, '-', '_', '.'; e.g. gan-mnist)")
+        if alias is not None and not ALIAS_RE.match(alias):
+            raise RegistryError(f"alias '{alias}' in '{ref}' is not a model alias (letters, digits, '-', '_'; "
+                                f"e.g. champion)")
+        if version is not None and not version.isdigit():
+            raise RegistryError(f"model version must be a number, got '{version}' in '{ref}'")
+        return cls(name, alias=alias, version=version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,19 +100,12 @@ def resolve(client, ref: str):
             return client.get_model_version_by_alias(r.name, r.alias)
         if r.version is not None:
             return client.get_model_version(r.name, r.version)
-        versions = client.search_model_versions(f"name='{_quoted(r.name)}'")
+        versions = client.search_model_versions(f"name='{r.name}'")  # a checked name: no quotes
     except MlflowException as exc:  # unknown name, version or alias
         raise RegistryError(f"cannot find {ref} in {client.tracking_uri}: {str(exc).splitlines()[0]}") from None
     if not versions:
         raise RegistryError(f"no registered model named '{r.name}' in {client.tracking_uri}")
     return max(versions, key=lambda v: int(v.version))
-
-
-def _quoted(name: str) -> str:
-    """A name inside an MLflow filter string: a quote would end the string."""
-    if "'" in name or '"' in name:
-        raise RegistryError(f"a model name has no quotes, got {name!r}")
-    return name
 
 
 def load(client, ref: str) -> RegisteredModel:

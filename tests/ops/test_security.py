@@ -8,6 +8,7 @@ Every process here carries a marker in its environment and is stopped by id afte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from processes import kill_marked
@@ -288,8 +290,10 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
-def start_ui_server(kind: str, base: Path, health: str):
-    """`python -m genzoo.ui KIND --port P` (what `make ui` runs) in a fresh project; healthy or the test fails."""
+@contextlib.contextmanager
+def ui_server(kind: str, base: Path, health: str) -> Iterator[dict]:
+    """`python -m genzoo.ui KIND --port P` (what `make ui` runs) in a fresh project, healthy (or the
+    test fails) for the `with` block, then stopped."""
     import time
     import urllib.request
 
@@ -317,27 +321,23 @@ def start_ui_server(kind: str, base: Path, health: str):
         assert proc.poll() is None, (base / "server.log").read_text()[-3000:]
         assert time.monotonic() < deadline, f"{kind} not healthy after 300 s"
         time.sleep(0.5)
-    return proc, url, port, marker, log
+    try:
+        yield {"url": url, "port": port, "pid": proc.pid}
+    finally:
+        kill_marked(marker)
+        log.close()
 
 
 @pytest.fixture(scope="module")
 def prefect_ui(tmp_path_factory):
-    proc, url, port, marker, log = start_ui_server("prefect-server", tmp_path_factory.mktemp("prefect-ui"), "/api/health")
-    try:
-        yield {"url": url, "port": port, "pid": proc.pid}
-    finally:
-        kill_marked(marker)
-        log.close()
+    with ui_server("prefect-server", tmp_path_factory.mktemp("prefect-ui"), "/api/health") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def mlflow_ui(tmp_path_factory):
-    proc, url, port, marker, log = start_ui_server("mlflow-server", tmp_path_factory.mktemp("mlflow-ui"), "/health")
-    try:
-        yield {"url": url, "port": port, "pid": proc.pid}
-    finally:
-        kill_marked(marker)
-        log.close()
+    with ui_server("mlflow-server", tmp_path_factory.mktemp("mlflow-ui"), "/health") as server:
+        yield server
 
 
 def refused_on_the_routable_address(port: int) -> None:

@@ -42,9 +42,9 @@ ALLOWED_PARAMS = {
     "ring8": {"n_train", "n_val", "n_test", "seed", "std"},
     "grid25": {"n_train", "n_val", "n_test", "seed", "std"},
     "digits": {"val_size", "test_size", "seed"},
-    "mnist": {"val_size"},
-    "fashion-mnist": {"val_size"},
-    "binarized-mnist": {"binarization"},
+    "mnist": {"val_size", "max_examples"},
+    "fashion-mnist": {"val_size", "max_examples"},
+    "binarized-mnist": {"binarization", "max_examples"},
     "stacked-mnist": {"n_train", "n_val", "n_test", "seed"},
     "user": {"val_size", "test_size", "seed"},
 }
@@ -89,4 +89,9 @@ def prepare(spec: str, out_dir: str | Path, params: dict | None, project_raw: Pa
         raw = user.read(Path(spec))
     split_params = {k: params.get(k, v) for k, v in SPLIT_DEFAULTS.items()}
     splits = split(raw, **split_params)
+    if params.get("max_examples"):  # the first N rows of each split (tiny data for tests and trials)
+        n = params["max_examples"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataError(f"prepare parameter max_examples for {spec} must be a positive integer, got {n!r}")
+        splits = {k: (x[:n], None if y is None else y[:n]) for k, (x, y) in splits.items()}
     return write(dataset_name(spec), raw, splits, Path(out_dir), params)

@@ -70,6 +70,9 @@ def build(dataset: str, root: Path, params: dict[str, Any]) -> dict[str, Any]:
     tmp.mkdir(parents=True)
     torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, tmp / EVALUATOR_FILE)
     (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    for kept in (".gitignore",):  # DVC's (and git's) files in the output's folder stay where they are
+        if (out / kept).is_file():
+            shutil.copy(out / kept, tmp / kept)
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return metrics

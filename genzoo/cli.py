@@ -5,6 +5,7 @@
     genzoo score NAME[@ALIAS|/VERSION] --data FILE.npy -o OUT.npy
     genzoo report [RUN]
     genzoo reproduce binarized-mnist|parzen-mnist|mode-collapse [--budget cpu|full]
+    genzoo apply semi-supervised|inpaint|super-resolve|translate [--methods ...] [--dataset D] [--preset P]
     genzoo families
     genzoo prepare DATASET          (what each DVC prepare stage runs)
 
@@ -73,6 +74,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = pipeline(families=families, datasets=datasets, preset=args.preset, train_overrides=train_over or None,
                       model_overrides=model_over or None, register_models=not args.no_register,
                       reuse_trainings=not args.retrain, evaluate_overrides=eval_over or None)
+    print("\n" + Path(result.report).read_text())
+    print(f"report: {result.report} (and {Path(result.report).with_suffix('.html').name}); logs: {startup.log_dir()}")
+    return 1 if result.failed else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from genzoo.config import parse_use_overrides
+    from genzoo.uses import get_use
+    from tasks.apply import ApplyRequest, plan_apply
+
+    root = configure()
+    use = get_use(args.task)
+    dataset = args.dataset or next(iter(use.methods.values())).datasets[0]
+    methods = _csv(args.methods) if args.methods else [m for m, s in use.methods.items() if dataset in s.datasets]
+    overrides = parse_use_overrides(args.task, args.set or [])
+    plan_apply(ApplyRequest(args.task, methods, dataset, args.preset, overrides or None), root)  # fail fast
+    from genzoo import startup
+
+    startup.warm_up()
+    from flows.apply import apply
+
+    result = apply(task=args.task, methods=methods, dataset=dataset, preset=args.preset, overrides=overrides or None,
+                   register_models=not args.no_register, reuse_trainings=not args.retrain)
     print("\n" + Path(result.report).read_text())
     print(f"report: {result.report} (and {Path(result.report).with_suffix('.html').name}); logs: {startup.log_dir()}")
     return 1 if result.failed else 0
@@ -314,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--rows", help="only these rows (family names or parts of row labels, comma-separated); "
                                    "the table keeps the other rows' last results")
     rr.set_defaults(func=cmd_reproduce)
+
+    from genzoo.uses import TASKS
+
+    ap = sub.add_parser("apply", help="what the models are for: semi-supervised learning, missing data, super-resolution, translation")
+    ap.add_argument("task", choices=TASKS)
+    ap.add_argument("--methods", help="comma-separated methods (families and baselines; default: all that fit the dataset)")
+    ap.add_argument("--dataset", help="built-in dataset (default: the task's first)")
+    ap.add_argument("--preset", choices=PRESETS, default="quick")
+    ap.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's settings")
+    ap.add_argument("--no-register", action="store_true", help="run and measure, but register nothing")
+    ap.add_argument("--retrain", action="store_true", help="train family models again even where a training finished")
+    ap.set_defaults(func=cmd_apply)
 
     ev = sub.add_parser("evaluator", help="train the feature network of one image dataset (a DVC stage command)")
     ev.add_argument("dataset")

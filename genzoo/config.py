@@ -8,6 +8,8 @@
                           (`model` and `train` settings, and per-budget ones under the budget's
                           name); see `Params.resolve` for the order in which they apply
 - `evaluate`           -> EvalConfig
+- `uses.<task>.<method>` -> the method's Config (genzoo/uses/): keys common to every budget, refined
+                          under each budget's name (`Params.use_settings`)
 Unknown keys are rejected with a message that names them.
 """
 
@@ -161,6 +163,7 @@ class Params:
     models: dict[str, dict]
     evaluate: EvalConfig
     recipes: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # family -> kind -> entry
+    uses: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # task -> method -> entry
 
     def train_config(self, preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
         if preset not in self.train:
@@ -182,6 +185,20 @@ class Params:
                  **(train_overrides or {})}
         name = f"{family}/{kind if entry else 'default'}/{preset}"
         return Recipe(name, model, TrainConfig.from_dict(train, f"the {name} recipe's train settings"))
+
+
+    def use_settings(self, task: str, method: str, preset: str, overrides: dict[str, Any] | None = None):
+        """The Config of `method` of `task` under budget `preset`: uses.<task>.<method> common keys <
+        its <preset> keys < overrides (--set <method>.*), checked by the method's Config class."""
+        from genzoo.uses import get_use
+
+        if preset not in self.train:
+            raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(self.train)})")
+        entry = dict(self.uses.get(task, {}).get(method) or {})
+        budget = entry.get(preset) or {}
+        common = {k: v for k, v in entry.items() if k not in PRESETS}
+        cls = get_use(task).method(method).Config
+        return cls.from_dict({**common, **budget, **(overrides or {})}, f"uses.{task}.{method} ({preset})")
 
 
 def _check_recipes(raw: dict, path: Path, families: dict) -> dict[str, dict[str, dict]]:
@@ -221,7 +238,7 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc})") from None
-    known = {"datasets", "prepare", "evaluators", "train", "models", "recipes", "evaluate"}
+    known = {"datasets", "prepare", "evaluators", "train", "models", "recipes", "evaluate", "uses"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in {path} (known: {', '.join(sorted(known))})")
@@ -239,7 +256,21 @@ def load_params(path: str | Path) -> Params:
         models={k: dict(v or {}) for k, v in models.items()},
         evaluate=EvalConfig.from_dict(raw.get("evaluate") or {}, "evaluate"),
         recipes=_check_recipes(raw.get("recipes") or {}, path, FAMILIES),
+        uses=_check_uses(raw.get("uses") or {}, path),
     )
+
+
+def _check_uses(raw: dict, path: Path) -> dict[str, dict[str, dict]]:
+    """uses.<task>.<method>: a known task and method (genzoo/uses/); its keys are checked by the
+    method's Config when a run resolves them (Params.use_settings)."""
+    from genzoo.uses import MODULES
+
+    for task, methods in raw.items():
+        if task not in MODULES:
+            raise ConfigError(f"unknown task '{task}' in the uses section of {path} (known: {', '.join(MODULES)})")
+        if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
+            raise ConfigError(f"uses.{task} in {path} must map each method to its settings")
+    return {task: dict(methods) for task, methods in raw.items()}
 
 
 # ---------------------------------------------------------------------- --set overrides
@@ -276,6 +307,25 @@ def parse_overrides(items: list[str]) -> Overrides:
         value = parse_value(text, annotation, f"--set {item}: {section}.{name}")
         target = {"train": out.train, "evaluate": out.evaluate}.get(section)
         (target if target is not None else out.models.setdefault(section, {}))[name] = value
+    return out
+
+
+def parse_use_overrides(task: str, items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set METHOD.KEY=VALUE` items of `genzoo apply TASK`, read as the method's Config types:
+    method -> {key: value}; an unknown method (or a refused family: the reason), key or bad value named."""
+    from genzoo.uses import get_use
+
+    use = get_use(task)
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise ConfigError(f"--set expects METHOD.KEY=VALUE (e.g. {next(iter(use.methods))}.seed=1), got '{item}'")
+        fields = {f.name: str(f.type) for f in dataclasses.fields(use.method(method).Config)}
+        if name not in fields:
+            raise ConfigError(f"--set {item}: unknown key '{name}' for {task} {method} (known keys: {', '.join(sorted(fields))})")
+        out.setdefault(method, {})[name] = parse_value(text, fields[name], f"--set {item}: {method}.{name}")
     return out
 
 

@@ -32,6 +32,18 @@ def image_grid(x: np.ndarray, path: str | Path, nrow: int | None = None, scale: 
     return path
 
 
+def save_picture(image: np.ndarray, path: str | Path, scale: int = 2) -> Path:
+    """One picture (H, W) grey or (H, W, 3) colour, values in [0, 1] -> PNG."""
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    elif x.ndim == 3 and x.shape[-1] == 3:
+        x = x.transpose(2, 0, 1)
+    else:
+        raise ValueError(f"a picture is (H, W) or (H, W, 3), got shape {x.shape}")
+    return image_grid(x[None], path, nrow=1, scale=scale)
+
+
 def _save(fig, path: str | Path) -> Path:
     """Lay out, write and close a figure."""
     import matplotlib.pyplot as plt

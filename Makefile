@@ -9,7 +9,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export GENZOO_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install demo test bench ui clean
+.PHONY: install demo apply test bench ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/genzoo run --families gan,vae --datasets ring8,grid25,digits,mnist --preset quick
+
+# What the models are for (README "genzoo apply"): the four tasks at the quick budget, one after another.
+apply: install
+	$(BIN)/genzoo apply semi-supervised --preset quick
+	$(BIN)/genzoo apply inpaint --preset quick
+	$(BIN)/genzoo apply super-resolve --preset quick
+	$(BIN)/genzoo apply translate --preset quick
 
 test: install
 	$(BIN)/python -m pytest -q tests

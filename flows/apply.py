@@ -16,7 +16,8 @@ from prefect.states import Failed
 
 from genzoo.config import Preset
 from genzoo.env import configure
-from tasks.apply import ApplyRequest, ApplyResult, apply_method, plan_apply, start_apply_run
+from genzoo.uses import DEFAULT_DATASET
+from tasks.apply import ApplyRequest, ApplyResult, apply_method, default_methods, plan_apply, start_apply_run
 from tasks.plan import BadInput
 from flows.pipeline import ON_EXIT, outcome
 
@@ -32,7 +33,6 @@ def apply(
     reuse_trainings: bool = True,
 ) -> ApplyResult:
     """Run `methods` of `task` (default: every method that works on `dataset`) with the `preset` budget."""
-    from genzoo.uses import get_use
     from tasks import progress
     from tasks.apply_report import report
     from tasks.prepare import prepare_datasets
@@ -40,7 +40,7 @@ def apply(
     root = configure()
     try:
         if methods is None:
-            methods = [m for m, spec in get_use(task).methods.items() if dataset in spec.datasets]
+            methods = default_methods(task, dataset)
         checked = plan_apply(ApplyRequest(task, methods, dataset, preset, overrides, register_models, reuse_trainings),
                              root)  # every input checked; nothing started or written yet
     except BadInput as exc:
@@ -69,9 +69,9 @@ def _task_flow(task: str, dataset: str, doc: str):
     return flow(name=task, **ON_EXIT)(body)
 
 
-semi_supervised = _task_flow("semi-supervised", "mnist",
+semi_supervised = _task_flow("semi-supervised", DEFAULT_DATASET["semi-supervised"],
                              "MNIST with 100 labels: the GAN and VAE classifiers against the labels alone.")
-inpaint = _task_flow("inpaint", "binarized-mnist",
+inpaint = _task_flow("inpaint", DEFAULT_DATASET["inpaint"],
                      "Missing pixels (or table entries) completed by each family, against the mean and a regression.")
-super_resolve = _task_flow("super-resolve", "mnist", "7x7 -> 28x28 digits: the GAN and DDPM against MSE regression.")
-translate = _task_flow("translate", "mnist", "Edges -> digits: pix2pix (L1 + adversarial) against L1 alone.")
+super_resolve = _task_flow("super-resolve", DEFAULT_DATASET["super-resolve"], "7x7 -> 28x28 digits: the GAN and DDPM against MSE regression.")
+translate = _task_flow("translate", DEFAULT_DATASET["translate"], "Edges -> digits: pix2pix (L1 + adversarial) against L1 alone.")

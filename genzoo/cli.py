@@ -81,13 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from genzoo.config import parse_use_overrides
-    from genzoo.uses import get_use
-    from tasks.apply import ApplyRequest, plan_apply
+    from genzoo.uses import DEFAULT_DATASET
+    from tasks.apply import ApplyRequest, default_methods, plan_apply
 
     root = configure()
-    use = get_use(args.task)
-    dataset = args.dataset or next(iter(use.methods.values())).datasets[0]
-    methods = _csv(args.methods) if args.methods else [m for m, s in use.methods.items() if dataset in s.datasets]
+    dataset = args.dataset or DEFAULT_DATASET[args.task]
+    methods = _csv(args.methods) if args.methods else default_methods(args.task, dataset)
     overrides = parse_use_overrides(args.task, args.set or [])
     plan_apply(ApplyRequest(args.task, methods, dataset, args.preset, overrides or None), root)  # fail fast
     from genzoo import startup
@@ -252,7 +251,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_id = find_pipeline_run(args.run)
     except LookupError as exc:
         raise UsageError(str(exc)) from None
-    path = write_report(run_id, root / "reports")
+    from tasks.apply import UseTag
+    from tasks.services import client
+
+    if UseTag.TASK in client().get_run(run_id).data.tags:  # an apply run: its task's table
+        from tasks.apply_report import write_report as write_apply_report
+
+        path = write_apply_report(run_id, root / "reports")
+    else:
+        path = write_report(run_id, root / "reports")
     print(f"report: {path} (and {path.with_suffix('.html')})")
     return 0
 
@@ -327,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-dir", help="folder with the raw files (default: GENZOO_DATA_DIR, then data/raw)")
     pr.set_defaults(func=cmd_prepare)
     rp = sub.add_parser("report", help="rebuild the comparison report of a pipeline run from MLflow")
-    rp.add_argument("run", nargs="?", help="pipeline run name or id (default: the latest)")
+    rp.add_argument("run", nargs="?", help="pipeline (or apply) run name or id (default: the latest pipeline run)")
     rp.set_defaults(func=cmd_report)
 
     rr = sub.add_parser("reproduce", help="train the papers' models and print our numbers beside the published ones")
@@ -344,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = sub.add_parser("apply", help="what the models are for: semi-supervised learning, missing data, super-resolution, translation")
     ap.add_argument("task", choices=TASKS)
     ap.add_argument("--methods", help="comma-separated methods (families and baselines; default: all that fit the dataset)")
-    ap.add_argument("--dataset", help="built-in dataset (default: the task's first)")
+    ap.add_argument("--dataset", help="built-in dataset (default: binarized-mnist for inpaint, else mnist)")
     ap.add_argument("--preset", choices=PRESETS, default="quick")
     ap.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's settings")
     ap.add_argument("--no-register", action="store_true", help="run and measure, but register nothing")

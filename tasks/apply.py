@@ -118,6 +118,14 @@ class ApplyResult:
         return [r for r in self.rows if not r.ok]
 
 
+def default_methods(task: str, dataset: str) -> list[str]:
+    """Every method of `task` that works on `dataset` (all of them when none does: plan_apply then says why)."""
+    from genzoo.uses import get_use
+
+    methods = get_use(task).methods
+    return [m for m, spec in methods.items() if dataset in spec.datasets] or list(methods)
+
+
 def plan_apply(request: ApplyRequest, root: Path) -> ApplyPlan:
     """Check the task, its methods (a family that cannot do the task is refused with the reason), the
     dataset each method works on, the budget and every setting, before anything starts."""
@@ -358,11 +366,13 @@ def register_predictor(run_id: str, predictor: dict, name: str, manifest: dict) 
 
     import genzoo.serving.use_model
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pyfunc"):
         path = Path(tmp) / PREDICTOR_FILE
         torch.save(predictor, path)
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided|signature)")
+            warnings.filterwarnings("ignore", message=".*(Add type hints|An input example was not provided)")
+            # no signature: each task's predictor documents its own input and output (genzoo/uses/), and
+            # MLflow's attempt to infer one from the type hint is a warning a run, silenced here
             info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(genzoo.serving.use_model.__file__)),
                                            artifacts={"predictor": str(path)}, pip_requirements=pip_requirements())
     version = create_version(name, info, run_id, {"data_hash": manifest["hash"], "task": predictor["task"],
@@ -370,6 +380,19 @@ def register_predictor(run_id: str, predictor: dict, name: str, manifest: dict) 
     registered = f"{name}/{version.version}"
     client().set_tag(run_id, Tag.REGISTERED, registered)
     return registered
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    import logging
+
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -37,10 +37,11 @@ def project(tmp_path_factory, raw_data_dir) -> Path:
     from genzoo.scaffold import new_project
 
     root = new_project(tmp_path_factory.mktemp("project"), {
-        "prepare": {name: {"n_train": 2000, "n_val": 300, "n_test": 300} for name in ("ring8", "grid25")},
+        "prepare": {**{name: {"n_train": 2000, "n_val": 300, "n_test": 300} for name in ("ring8", "grid25")},
+                    **{name: {"max_examples": 600} for name in ("mnist", "binarized-mnist")}},  # genzoo apply's tests
         "evaluate": {"n_samples": 500, "n_image_samples": 200, "likelihood_examples": 200, "parzen_examples": 100,
                      "real_examples": 180},
-        "evaluators": {"digits": {"epochs": 3}},
+        "evaluators": {"digits": {"epochs": 3}, "mnist": {"epochs": 1}, "binarized-mnist": {"epochs": 1}},
     })
     env = {
         "GENZOO_PROJECT_DIR": str(root),

@@ -9,6 +9,7 @@ artifact "predictor" (a weights-only torch file), so no Python object is pickled
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -18,7 +19,8 @@ class GenzooPredictor(PythonModel):
 
         self.predictor = load_predictor(context.artifacts["predictor"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # The hint names what `mlflow models serve` passes (an array works too); MLflow infers nothing from it.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         x = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
         return self.predictor.predict(x)
 

@@ -18,8 +18,9 @@ MODULES = {
     "translate": "genzoo.uses.translate",
 }
 TASKS = tuple(MODULES)
+DEFAULT_DATASET = {"semi-supervised": "mnist", "inpaint": "binarized-mnist", "super-resolve": "mnist", "translate": "mnist"}
 
-__all__ = ["MODULES", "PREDICTOR_FILE", "TASKS", "Method", "Predictor", "Use", "UseConfig", "UseInputs",
+__all__ = ["DEFAULT_DATASET", "MODULES", "PREDICTOR_FILE", "TASKS", "Method", "Predictor", "Use", "UseConfig", "UseInputs",
            "UseOutcome", "get_use", "load_predictor", "save_predictor"]
 
 

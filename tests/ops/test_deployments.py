@@ -119,7 +119,11 @@ def test_deploy_run_from_the_api_and_worker_registers_the_model(ops_env, prefect
 
     with SyncPrefectClient(prefect_server) as client:
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
-        assert set(deployments) == {"pipeline/default", "train/default", "report/default", "retrain/default"}
+        assert set(deployments) == {"pipeline/default", "train/default", "report/default", "retrain/default",
+                                    "semi-supervised/default", "inpaint/default", "super-resolve/default",
+                                    "translate/default"}
+        assert deployments["inpaint/default"].entrypoint == "flows.apply.inpaint"
+        assert deployments["super-resolve/default"].parameters == {"dataset": "mnist", "preset": "quick"}
         retrain = deployments["retrain/default"]
         assert retrain.work_pool_name == "genzoo" and retrain.entrypoint == "flows.retrain.retrain"
         assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in retrain.schedules] == [("0 3 * * 1", "UTC", True)]

@@ -161,6 +161,7 @@ class Params:
     models: dict[str, dict]
     evaluate: EvalConfig
     recipes: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # family -> kind -> entry
+    uses: dict[str, dict] = dataclasses.field(default_factory=dict)  # task -> method -> settings (genzoo/uses)
 
     def train_config(self, preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
         if preset not in self.train:
@@ -221,7 +222,7 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc})") from None
-    known = {"datasets", "prepare", "evaluators", "train", "models", "recipes", "evaluate"}
+    known = {"datasets", "prepare", "evaluators", "train", "models", "recipes", "evaluate", "uses"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in {path} (known: {', '.join(sorted(known))})")
@@ -239,6 +240,7 @@ def load_params(path: str | Path) -> Params:
         models={k: dict(v or {}) for k, v in models.items()},
         evaluate=EvalConfig.from_dict(raw.get("evaluate") or {}, "evaluate"),
         recipes=_check_recipes(raw.get("recipes") or {}, path, FAMILIES),
+        uses=dict(raw.get("uses") or {}),  # checked by each method's Config (genzoo/uses)
     )
 
 

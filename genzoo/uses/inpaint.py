@@ -35,7 +35,7 @@ import models
 from genzoo.uses.base import Method, Predictor, Use, UseInputs, UseOutcome
 from genzoo.uses.inpaint_common import MASKS, InpaintConfig, check_images, completed, evaluate_images, make_mask
 from genzoo.uses.inpaint_samplers import SAMPLERS
-from genzoo.uses.inpaint_tabular import (GAINConfig, GAINTable, IterativeTable, MeanTable, TableConfig,
+from genzoo.uses.inpaint_tabular import (GAINConfig, GAINTable, IterativeConfig, IterativeTable, MeanTable, TableConfig,
                                          evaluate_table, fit_gain, fit_iterative, fit_mean)
 from genzoo.uses.inpaint_regression import RegressionConfig, RegressionInpainter, train_regression
 from models.base import ConfigError
@@ -239,7 +239,7 @@ class GAINMethod(TableMethod):
 
 
 class IterativeMethod(TableMethod):
-    name, Config = "iterative", TableConfig
+    name, Config = "iterative", IterativeConfig
     summary = "scikit-learn IterativeImputer (BayesianRidge, 10 rounds)"
     fit = staticmethod(fit_iterative)
 

@@ -67,6 +67,16 @@ class GAINConfig(TableConfig):
             raise ConfigError("need hint_rate in [0, 1], alpha >= 0 and lr > 0")
 
 
+@dataclasses.dataclass
+class IterativeConfig(TableConfig):
+    max_iter: int = 10  # imputation rounds at most (scikit-learn's default; it stops earlier at its tolerance)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_iter < 1:
+            raise ConfigError(f"max_iter must be at least 1, got {self.max_iter}")
+
+
 def mcar(shape: tuple[int, int], rate: float, seed: int) -> np.ndarray:
     """Boolean mask (True = missing), each entry missing with probability `rate`."""
     return np.random.default_rng(seed).random(shape) < rate
@@ -125,12 +135,12 @@ class IterativeTable(Predictor):
         return out
 
 
-def fit_iterative(x: np.ndarray, missing: np.ndarray, cfg: TableConfig, log: Callable = print,
+def fit_iterative(x: np.ndarray, missing: np.ndarray, cfg: IterativeConfig, log: Callable = print,
                   progress: Callable = lambda m: None) -> IterativeTable:
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer
 
-    imputer = IterativeImputer(min_value=0.0, max_value=1.0, random_state=cfg.seed)
+    imputer = IterativeImputer(max_iter=cfg.max_iter, min_value=0.0, max_value=1.0, random_state=cfg.seed)
     imputer.fit(np.where(missing, np.nan, x))
     log(f"IterativeImputer: {imputer.n_iter_} rounds")
     seq = imputer.imputation_sequence_

@@ -193,33 +193,36 @@ def fit_gain(x: np.ndarray, missing: np.ndarray, cfg: GAINConfig, log: Callable 
     torch.manual_seed(cfg.seed)
     p = GAINTable({"dim": d, "settings": cfg.to_dict()})
     gen, disc = p.generator, gain_net(d)
-    opt_g, opt_d = torch.optim.Adam(gen.parameters(), lr=cfg.lr), torch.optim.Adam(disc.parameters(), lr=cfg.lr)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, foreach=True)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, foreach=True)
     values = torch.from_numpy(np.where(missing, 0.0, x)).float()
     mask = torch.from_numpy(~missing).float()  # 1 = observed
     g = torch.Generator().manual_seed(cfg.seed)
-    batch = min(cfg.batch_size, n)
+    batch, chunk = min(cfg.batch_size, n), 100  # random draws for `chunk` iterations at a time
     for it in range(cfg.iterations):
-        idx = torch.randperm(n, generator=g)[:batch]
-        v, m = values[idx], mask[idx]
-        h = m * (torch.rand(m.shape, generator=g) < cfg.hint_rate).float()
-        xt = noisy(v, m, g)
+        if it % chunk == 0:
+            rows = torch.rand(chunk, n, generator=g).argsort(1)[:, :batch]  # (chunk, batch): a batch without replacement each
+            hints = torch.rand(chunk, batch, d, generator=g) < cfg.hint_rate
+            noise = 0.01 * torch.rand(chunk, batch, d, generator=g)
+        v, m = values[rows[it % chunk]], mask[rows[it % chunk]]
+        h = m * hints[it % chunk]
+        xt = m * v + (1 - m) * noise[it % chunk]  # x~: missing entries U(0, 0.01)
         inp = torch.cat([xt, m], 1)
-        fake = gen(inp).detach()
-        prob = disc(torch.cat([m * xt + (1 - m) * fake, h], 1))
+        fake = gen(inp)  # (batch, d); G does not change in the D step, so its G step reuses this output
+        prob = disc(torch.cat([m * xt + (1 - m) * fake.detach(), h], 1))
         loss_d = -(m * torch.log(prob + 1e-8) + (1 - m) * torch.log(1 - prob + 1e-8)).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        fake = gen(inp)
-        prob = disc(torch.cat([m * xt + (1 - m) * fake, h], 1))
+        prob = disc(torch.cat([m * xt + (1 - m) * fake, h], 1))  # the updated D, as the reference's G step
         mse = ((m * xt - m * fake) ** 2).mean() / m.mean()
         loss_g = -((1 - m) * torch.log(prob + 1e-8)).mean() + cfg.alpha * mse
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
-            raise RuntimeError(f"GAIN loss became non-finite at iteration {it + 1}")
-        if (it + 1) % max(1, cfg.iterations // 10) == 0:
+        if (it + 1) % max(1, cfg.iterations // 10) == 0 or it + 1 == cfg.iterations:
+            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+                raise RuntimeError(f"GAIN loss became non-finite by iteration {it + 1}")
             log(f"gain {it + 1}/{cfg.iterations}: loss_d={loss_d.item():.4f} loss_g={loss_g.item():.4f} mse={mse.item():.5f}")
             progress({"loss_d": loss_d.item(), "loss_g": loss_g.item(), "mse": mse.item()})
     return p.eval()

@@ -83,6 +83,20 @@ def digits() -> Raw:
     return Raw("image", 17, {"all": (x, bunch.target.astype(np.int64))}, "sklearn.datasets.load_digits", {})
 
 
+def breast_cancer() -> Raw:
+    """scikit-learn's Wisconsin breast-cancer table (569 rows, 30 real features, shipped inside
+    scikit-learn), each feature min-max scaled to [0, 1] over the whole table (as GAIN's reference code
+    scales its data, Yoon et al. 2018); the diagnosis (0 malignant, 1 benign) as labels."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    x = bunch.data.astype(np.float64)  # (569, 30)
+    lo, hi = x.min(0), x.max(0)
+    scaled = ((x - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+    return Raw("points", 0, {"all": (scaled, bunch.target.astype(np.int64))},
+               "sklearn.datasets.load_breast_cancer, features min-max scaled to [0, 1]", {})
+
+
 # ---------------------------------------------------------------------- MNIST family
 MNIST_FILES = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

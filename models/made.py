@@ -215,8 +215,14 @@ class MADE(GenerativeModel):
         return perm.tolist(), hidden, ready, out_weight.unsqueeze(-1), last.bias.index_select(0, perm).unsqueeze(-1)
 
     @torch.no_grad()
-    def sample_cached(self, u: torch.Tensor, mask: int) -> torch.Tensor:
+    def sample_cached(self, u: torch.Tensor, mask: int, known: torch.Tensor | None = None,
+                      observed: torch.Tensor | None = None) -> torch.Tensor:
         """Samples (n, D) of connectivity `mask` from uniforms u (n, D), computing each unit once.
+
+        With `known` (n, D) values and an `observed` (n, D) boolean mask, the observed dimensions are
+        clamped to their known values as their turn comes, and every other dimension is drawn from
+        p(x_d | x_<d) given the values before it, observed or drawn (genzoo/uses/inpaint_samplers.py:
+        exact conditional samples when the observed dimensions all come first in the ordering).
 
         Step t draws the t-th dimension of the ordering: first the units of every hidden layer whose
         effective degree is t - 1 (final now: from the final units of the layer below, a prefix;
@@ -230,6 +236,8 @@ class MADE(GenerativeModel):
         x = torch.zeros(dim, n, 1, device=u.device)  # (D, n, 1): x transposed, one row per dimension
         threshold = bernoulli_thresholds(u.t()).unsqueeze(-1)  # (D, n, 1): x_d = 1 where its logit is above
         x_rows, threshold_rows = x.unbind(0), threshold.unbind(0)  # (n, 1) views each
+        clamp = None if observed is None else (observed.t().unsqueeze(-1).unbind(0),
+                                               known.t().unsqueeze(-1).to(x.dtype).unbind(0))  # (n, 1) rows
         h = [torch.zeros(n, weight.shape[1], device=u.device) for weight, _ in hidden]  # (n, h_l) each
         for t, d in enumerate(perm):
             for i, (weight, bias) in enumerate(hidden):
@@ -242,4 +250,6 @@ class MADE(GenerativeModel):
             top = h[-1] if hidden else x.view(dim, n).t()  # (n, h_L)
             logit = torch.addmm(out_bias[t], top, out_weight[t])  # (n, 1)
             torch.gt(logit, threshold_rows[d], out=x_rows[d])  # the naive loop's inverse-CDF draw, as 0 / 1
+            if clamp is not None:
+                torch.where(clamp[0][d], clamp[1][d], x_rows[d], out=x_rows[d])
         return x.view(dim, n).t().contiguous()  # (n, D)

@@ -179,8 +179,14 @@ class PixelCNN(GenerativeModel):
         return sampler(self.categorical_logits, u, values).view(n, *c.data_shape).cpu()
 
     @torch.no_grad()
-    def sample_cached(self, u: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def sample_cached(self, u: torch.Tensor, values: torch.Tensor, known: torch.Tensor | None = None,
+                      observed: torch.Tensor | None = None) -> torch.Tensor:
         """Images (n, H*W) drawn in raster order from uniforms u (n, H*W), each activation computed once.
+
+        With `known` (n, H*W) values and an `observed` (n, H*W) boolean mask, observed pixels are
+        clamped to their known values as their turn comes and the others drawn given every pixel
+        before them, observed or drawn (genzoo/uses/inpaint_samplers.py: exact conditional samples
+        when the observed pixels all come first in raster order, e.g. the top half).
 
         Row i starts with the vertical stack's row i in every layer: the masked kernel's rows (rows
         < i of the image in the first layer, rows i-p..i of the layer below after) applied to
@@ -243,4 +249,7 @@ class PixelCNN(GenerativeModel):
                     torch.gt(logits, threshold[i * width + j], out=image[:, i + q, j + q : j + q + 1])
                 else:
                     x[:, i, j] = values[categorical_from_uniform(logits, u[:, i * width + j])]
+                if observed is not None:
+                    p = i * width + j
+                    x[:, i, j] = torch.where(observed[:, p], known[:, p].to(x.dtype), x[:, i, j])
         return x.reshape(n, -1)  # (n, H*W)

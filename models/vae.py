@@ -110,16 +110,20 @@ class VAE(GenerativeModel):
 
     def decoder_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over dimensions; x flattened (n, D) in the model's space."""
-        out = self.decoder(z)  # (n, D), images (n, 2D)
+        return self.decoder_log_prob_dims(x, z).sum(-1)
+
+    def decoder_log_prob_dims(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x_d|z) of every dimension (n, D) (the decoder factorises over them); x flattened (n, D)."""
+        out = self.decoder(z)  # (n, D), images (n, 3 K D)
         if self.config.data_kind == "binary":
-            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none")
         if self.config.data_kind == "image":
             logit_w, mean, log_scale = out.view(-1, 3, self.config.mixture, self.config.dim).unbind(1)  # (n, K, D)
             per = discretized_logistic_log_prob(x.unsqueeze(1), mean, log_scale.clamp(-7, 2), self.config.levels)
-            return torch.logsumexp(per + F.log_softmax(logit_w, dim=1), dim=1).sum(-1)  # (n,)
+            return torch.logsumexp(per + F.log_softmax(logit_w, dim=1), dim=1)  # (n, D)
         mean, log_scale = out, self.log_scale.clamp(-7, 5)
         z_score = (x - mean) * torch.exp(-log_scale)
-        return (-0.5 * z_score**2 - log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return -0.5 * z_score**2 - log_scale - 0.5 * math.log(2 * math.pi)
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None, kl_weight: float = 1.0) -> torch.Tensor:
         """Per-example single-sample ELBO in nats, for the data as stored (discrete for images); with
@@ -201,10 +205,15 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         z = self.noise((n, self.config.latent_dim), generator)
-        out = self.decoder(z)  # (n, D): the decoder mean, the usual way to show VAE samples
+        return self.decode_mean(z).view(n, *self.config.data_shape).cpu()
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """What `sample` shows for latents z (n, latent): the decoder mean (n, D), the usual way to show
+        VAE samples; for images per pixel the mean of its likeliest component, on [0, 1]."""
+        out = self.decoder(z)  # (n, D), images (n, 3 K D)
         if self.config.data_kind == "binary":
-            out = torch.sigmoid(out)
-        elif self.config.data_kind == "image":  # per pixel the mean of its likeliest component, on [0, 1]
-            logit_w, mean, _ = out.view(n, 3, self.config.mixture, self.config.dim).unbind(1)  # (n, K, D)
-            out = mean.gather(1, logit_w.argmax(1, keepdim=True)).squeeze(1).clamp(0, 1)
-        return out.view(n, *self.config.data_shape).cpu()
+            return torch.sigmoid(out)
+        if self.config.data_kind == "image":
+            logit_w, mean, _ = out.view(len(z), 3, self.config.mixture, self.config.dim).unbind(1)  # (n, K, D)
+            return mean.gather(1, logit_w.argmax(1, keepdim=True)).squeeze(1).clamp(0, 1)
+        return out

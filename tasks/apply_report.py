@@ -46,12 +46,30 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _layout(columns: tuple[tuple[str, str], ...]) -> tuple[list[str], list[tuple[str, str]]]:
+    """A task's columns as (groups, measures): keys `GROUP.MEASURE` (e.g. inpaint's `bottom.psnr`) give one
+    line per method and group with a column per measure; plain keys, one line per method ([""] groups)."""
+    if not all("." in key for key, _ in columns):
+        return [""], list(columns)
+    groups = list(dict.fromkeys(key.split(".", 1)[0] for key, _ in columns))
+    measures, seen = [], set()
+    for key, title in columns:
+        group, measure = key.split(".", 1)
+        if measure not in seen:
+            seen.add(measure)
+            measures.append((measure, title[len(group):].strip() if title.startswith(group) else title))
+    return groups, measures
+
+
 def table(info: dict, rows: list[MethodResult]) -> list[list[str]]:
-    """Header and one line per method: the task's columns, then time and the registered version."""
+    """Header and the lines of each method (one per group of its measures where the task has groups):
+    the task's columns, then time and the registered version."""
     from genzoo.uses import get_use
 
     use = get_use(info["task"])
-    head = ["method", "kind"] + [title for _, title in use.columns] + ["seconds", "registered"]
+    groups, measures = _layout(use.columns)
+    grouped = groups != [""]
+    head = ["method", "kind"] + (["on"] if grouped else []) + [title for _, title in measures] + ["seconds", "registered"]
     body = []
     for r in rows:
         method = use.methods.get(r.method)
@@ -59,8 +77,12 @@ def table(info: dict, rows: list[MethodResult]) -> list[list[str]]:
         if not r.ok:
             body.append([r.method, kind, f"FAILED: {r.reason}"] + [""] * (len(head) - 3))
             continue
-        body.append([r.method, kind] + [_fmt(r.metrics.get(key)) for key, _ in use.columns]
-                    + [_fmt(r.seconds), r.registered or "-"])
+        for group in groups:
+            keys = [f"{group}.{m}" if grouped else m for m, _ in measures]
+            if grouped and not any(k in r.metrics for k in keys):
+                continue  # a method measured on other groups (e.g. a table's method on no image mask)
+            body.append([r.method, kind] + ([group] if grouped else []) + [_fmt(r.metrics.get(k)) for k in keys]
+                        + [_fmt(r.seconds), r.registered or "-"])
     return [head] + body
 
 

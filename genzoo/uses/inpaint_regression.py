@@ -54,10 +54,12 @@ class RegressionInpainter(Predictor):
         shape, names = tuple(self.config["shape"]), list(self.nets)
         fixed = {m: torch.from_numpy(make_mask(m, 1, shape)[0]) for m in names if m in ("bottom", "centre")}
         rates = {m: float(make_mask(m, 1, shape).mean()) for m in names}
+        # a pattern of neither fixed mask goes to a random-mask network (the bottom half's rate is 0.5 too)
+        others = [m for m in names if m not in fixed] or names
         out = []
         for row in missing:
             match = [m for m, pattern in fixed.items() if torch.equal(row, pattern)]
-            out.append(match[0] if match else min(names, key=lambda m: abs(rates[m] - float(row.float().mean()))))
+            out.append(match[0] if match else min(others, key=lambda m: abs(rates[m] - float(row.float().mean()))))
         return out
 
     def forward_net(self, name: str, values: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:

@@ -223,6 +223,13 @@ def test_the_regression_baseline_learns_and_a_family_sampler_varies(datasets):
     assert run("ddpm", prepared, trained("ddpm", prepared)).metrics["bottom.diversity"] > 0
 
 
+def test_the_regression_predictor_picks_the_network_of_each_rows_mask(datasets):
+    predictor = run("regression", datasets["image"]).predictor
+    shape = (1, 8, 8)
+    rows = np.concatenate([make_mask(m, 2, shape, 7) for m in MASKS])  # (8, 1, 8, 8), two rows per mask
+    assert predictor.net_for(torch.from_numpy(rows)) == [m for m in MASKS for _ in range(2)]
+
+
 # ----------------------------------------------------------------------------- tables
 def test_iterative_predictor_replays_scikit_learns_transform():
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401

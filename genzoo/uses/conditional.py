@@ -6,6 +6,7 @@ condition image (the upsampled low-res input, or the edge map).
                   connections; its noise is dropout in the decoder (kept on at test time), plus an
                   optional noise map at the bottleneck (SRGAN-style sampling, Ledig et al. 2017).
 - PatchDiscriminator  the PatchGAN: D(condition, image) -> one logit per overlapping patch.
+- ConditionalPredictor  what a trained method keeps: one of the above and the task's `Pairing`.
 - ConditionalEps, DiffusionSchedule  a conditional DDPM (Ho et al. 2020, arXiv:2006.11239) with the
                   condition as extra input channels of the noise predictor, as in SR3 (Saharia et al.
                   2021, "Image Super-Resolution via Iterative Refinement", arXiv:2104.07636).
@@ -25,12 +26,17 @@ with the posterior variance (Nichol & Dhariwal 2021, arXiv:2102.09672) for few s
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genzoo.uses.base import Predictor
+from models.base import ConfigError
 from models.ddpm import ResBlock, timestep_embedding
 
 
@@ -167,3 +173,57 @@ class DiffusionSchedule(nn.Module):
             var = beta * (1 - ab_s) / (1 - ab_t)  # posterior variance beta_tilde
             x = mean + var.sqrt() * torch.randn(x.shape, generator=generator, device=x.device)
         return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """How a task makes its input from a digit (n, 1, 28, 28) in [0, 1], and what it accepts."""
+
+    task: str
+    input_shape: tuple[int, int, int]  # of one input, e.g. (1, 7, 7)
+    make_input: Callable[[torch.Tensor], torch.Tensor]  # digits -> inputs
+    lift: Callable[[torch.Tensor], torch.Tensor]  # inputs -> the (n, 1, 28, 28) condition in [0, 1]
+    check: Callable[[np.ndarray], torch.Tensor]  # a user's array -> inputs, or a ValueError saying why
+    consistency: Callable[[torch.Tensor, torch.Tensor], float]  # (outputs, inputs) -> distance of make_input(outputs)
+
+
+class ConditionalPredictor(Predictor):
+    """A trained U-Net generator (config kind 'unet') or conditional DDPM ('ddpm'); subclasses set `pairing`."""
+
+    pairing: ClassVar[Pairing]
+    BATCH = 500
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        c = self.config
+        if c["kind"] == "unet":
+            self.net = UNetGenerator(c["width"], c["dropout"], c["test_dropout"], c["noise_channels"])
+        elif c["kind"] == "ddpm":
+            self.net = ConditionalEps(c["width"])
+            self.schedule = DiffusionSchedule(c["timesteps"], c["beta_1"], c["beta_T"])
+        else:
+            raise ConfigError(f"predictor kind must be 'unet' or 'ddpm', got {c['kind']!r}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def forward(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Condition (n, 1, 28, 28) in [-1, 1] -> output in [-1, 1] (train or eval mode as set)."""
+        if self.config["kind"] == "unet":
+            return self.net(c, generator)
+        return self.schedule.sample(self.net, c, self.config["sample_steps"], generator)
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Task inputs (n, *input_shape) -> outputs (n, 1, 28, 28) in [0, 1]; `seed` picks the draw."""
+        was = self.training
+        self.eval()
+        gen = torch.Generator(self.device).manual_seed(seed)
+        c = 2 * self.pairing.lift(inputs.to(self.device)) - 1  # (n, 1, 28, 28) in [-1, 1]
+        out = torch.cat([self(c[i:i + self.BATCH], gen) for i in range(0, len(c), self.BATCH)])
+        self.train(was)
+        return ((out + 1) / 2).clamp(0, 1)
+
+    def predict(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
+        return self.generate(self.pairing.check(x), seed).cpu().numpy()

@@ -7,8 +7,8 @@
                      non-saturating GAN loss + content_weight * content (L1, MSE or evaluator features).
 - DiffusionMethod    a conditional DDPM (Ho et al. 2020; SR3, Saharia et al. 2021).
 
-A task supplies a `Pairing` (how an input is made from a digit and read back) and a predictor
-subclass (whose `predict` docstring says what the user passes). Training draws batches from
+A task supplies a predictor subclass of genzoo.uses.conditional.ConditionalPredictor (its `Pairing`:
+how an input is made from a digit and read back; its `predict` docstring: what the user passes). Training draws batches from
 successive random permutations of the training digits; measures use the same seeded test rows for
 every method (EVAL_SEED).
 NOTE: SRGAN's content loss on VGG features becomes `content: features`, the evaluator's
@@ -27,66 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genzoo.uses.base import Method, Predictor, UseConfig, UseInputs, UseOutcome
-from genzoo.uses.conditional import ConditionalEps, DiffusionSchedule, PatchDiscriminator, UNetGenerator
+from genzoo.uses.base import Method, UseConfig, UseInputs, UseOutcome
+from genzoo.uses.conditional import ConditionalPredictor, PatchDiscriminator
 from genzoo.uses.conditional_measures import measure, tile
 from models.base import ConfigError
 
 EVAL_SEED = 1234  # the test rows every method is measured on
-
-
-@dataclasses.dataclass(frozen=True)
-class Pairing:
-    """How a task makes its input from a digit (n, 1, 28, 28) in [0, 1], and what it accepts."""
-
-    task: str
-    input_shape: tuple[int, int, int]  # of one input, e.g. (1, 7, 7)
-    make_input: Callable[[torch.Tensor], torch.Tensor]  # digits -> inputs
-    lift: Callable[[torch.Tensor], torch.Tensor]  # inputs -> the (n, 1, 28, 28) condition in [0, 1]
-    check: Callable[[np.ndarray], torch.Tensor]  # a user's array -> inputs, or a ValueError saying why
-    consistency: Callable[[torch.Tensor, torch.Tensor], float]  # (outputs, inputs) -> distance of make_input(outputs)
-
-
-class ConditionalPredictor(Predictor):
-    """A trained U-Net generator (config kind 'unet') or conditional DDPM ('ddpm'); subclasses set `pairing`."""
-
-    pairing: ClassVar[Pairing]
-    BATCH = 500
-
-    def __init__(self, config: dict[str, Any]):
-        super().__init__(config)
-        c = self.config
-        if c["kind"] == "unet":
-            self.net = UNetGenerator(c["width"], c["dropout"], c["test_dropout"], c["noise_channels"])
-        elif c["kind"] == "ddpm":
-            self.net = ConditionalEps(c["width"])
-            self.schedule = DiffusionSchedule(c["timesteps"], c["beta_1"], c["beta_T"])
-        else:
-            raise ConfigError(f"predictor kind must be 'unet' or 'ddpm', got {c['kind']!r}")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    def forward(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Condition (n, 1, 28, 28) in [-1, 1] -> output in [-1, 1] (train or eval mode as set)."""
-        if self.config["kind"] == "unet":
-            return self.net(c, generator)
-        return self.schedule.sample(self.net, c, self.config["sample_steps"], generator)
-
-    @torch.no_grad()
-    def generate(self, inputs: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """Task inputs (n, *input_shape) -> outputs (n, 1, 28, 28) in [0, 1]; `seed` picks the draw."""
-        was = self.training
-        self.eval()
-        gen = torch.Generator(self.device).manual_seed(seed)
-        c = 2 * self.pairing.lift(inputs.to(self.device)) - 1  # (n, 1, 28, 28) in [-1, 1]
-        out = torch.cat([self(c[i:i + self.BATCH], gen) for i in range(0, len(c), self.BATCH)])
-        self.train(was)
-        return ((out + 1) / 2).clamp(0, 1)
-
-    def predict(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
-        return self.generate(self.pairing.check(x), seed).cpu().numpy()
 
 
 @dataclasses.dataclass

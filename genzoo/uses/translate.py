@@ -15,8 +15,9 @@ call. The task is edges2shoes of pix2pix at MNIST scale. Methods (genzoo/uses/co
 
 Measures: psnr, evaluator_accuracy, fid, diversity as for super-resolve; consistency is the
 fraction of pixels where the output's own edge map differs from the input edge map.
-NOTE: pix2pix trains with batch size 1 (or 4) for 200 epochs; here mini-batches of 64 for a few
-thousand steps, the networks and normalisation of genzoo/uses/conditional.py (GroupNorm, 28x28).
+NOTE: pix2pix trains with batch size 1 (or 4) for 200 epochs (edges2shoes: 15 epochs); here
+mini-batches of 64 (standard: 1,500 steps, about 2 epochs; the DDPM 1,200), with the networks and
+normalisation of genzoo/uses/conditional.py (GroupNorm, 28x28).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 import torch
 
 from genzoo.uses.base import Use
-from genzoo.uses.conditional_methods import (AdversarialMethod, ConditionalPredictor, DiffusionMethod, Pairing,
-                                             RegressionMethod)
+from genzoo.uses.conditional import ConditionalPredictor, Pairing
+from genzoo.uses.conditional_methods import AdversarialMethod, DiffusionMethod, RegressionMethod
 
 EDGE_THRESHOLD = 2.0  # Sobel magnitude, in units of a 0..1 pixel (a full step gives 4)
 LEVELS = 255  # the grey levels the gradient is computed on (MNIST's 0..255)

@@ -7,10 +7,10 @@
                      non-saturating GAN loss + content_weight * content (L1, MSE or evaluator features).
 - DiffusionMethod    a conditional DDPM (Ho et al. 2020; SR3, Saharia et al. 2021).
 
-A task supplies a predictor subclass of genzoo.uses.conditional.ConditionalPredictor (its `Pairing`:
-how an input is made from a digit and read back; its `predict` docstring: what the user passes). Training draws batches from
-successive random permutations of the training digits; measures use the same seeded test rows for
-every method (EVAL_SEED).
+A task supplies a predictor subclass of genzoo.uses.conditional.ConditionalPredictor (its
+`Pairing`: how an input is made from a digit and read back; its `predict` docstring: what the user
+passes). Training draws batches from successive random permutations of the training digits;
+measures use the same seeded test rows for every method (EVAL_SEED).
 NOTE: SRGAN's content loss on VGG features becomes `content: features`, the evaluator's
 penultimate features; the evaluator then also judges the outputs (accuracy, FID), a circular
 measure, so the default content is pixel-wise.
@@ -78,6 +78,9 @@ class ConditionalMethod(Method):
 
     def run(self, inputs: UseInputs) -> UseOutcome:
         cfg, pairing, data = inputs.config, self.Predictor.pairing, inputs.data
+        if data.kind != "image" or data.shape != (1, 28, 28):
+            raise ConfigError(f"{pairing.task} works on 28x28 grey images (mnist); dataset '{data.name}' holds "
+                              f"{data.kind} data of shape {data.shape}")
         torch.manual_seed(cfg.seed)
         digits = data.tensor("train", cfg.train_examples or None)  # (n, 1, 28, 28) in [0, 1]
         x = (2 * digits - 1).to(inputs.device)

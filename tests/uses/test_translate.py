@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from genzoo.uses import get_use, load_predictor, save_predictor
+from genzoo.uses import UseInputs, get_use, load_predictor, save_predictor
 from genzoo.uses.translate import USE, check_edges, consistency, edges
 from models.base import ConfigError
 from tests.conftest import REPO
@@ -85,3 +85,11 @@ def test_registry_refusals_and_configs():
         common = {k: v for k, v in section.items() if k not in ("smoke", "quick", "standard", "full")}
         for budget in ("smoke", "quick", "standard", "full"):
             USE.method(name).Config.from_dict({**common, **section[budget]})
+
+
+def test_other_data_is_refused():
+    data = tiny_digits()
+    data.manifest = {**data.manifest, "shape": [1, 8, 8]}
+    m = USE.method("l1")
+    with pytest.raises(ConfigError, match="28x28 grey images"):
+        m.run(UseInputs("translate", "l1", "tiny", data, m.Config.from_dict({}), torch.device("cpu")))

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +37,7 @@ POLL_SECONDS = 2.0  # how often the driver forwards a Ray worker's log lines
 class UseTag:
     TASK = "genzoo.use.task"
     METHOD = "genzoo.use.method"
+    PRESET = "genzoo.apply_preset"  # not Tag.PRESET: that one marks a pipeline run (tasks/report.py finds them by it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,22 +160,13 @@ def plan_apply(request: ApplyRequest, root: Path) -> ApplyPlan:
 @contextlib.contextmanager
 def start_apply_run(checked: ApplyPlan, prepared: dict[str, str]) -> Iterator[tuple[Any, ApplyContext]]:
     """The parent MLflow run of an apply run and the context its methods share."""
-    from prefect.runtime import flow_run
-
     from tasks import tracking
     from tasks.prepare import evaluator_dir
 
     tracking.sweep_stale_runs(checked.root)
     r = checked.request
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    tag = uuid.uuid4().hex[:6]
-    run_name = f"apply-{r.task}-{stamp}-{tag}"
-    run_dir = checked.root / "runs" / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tags = {UseTag.TASK: r.task, Tag.DATASET: r.dataset, "genzoo.apply_preset": r.preset}
-    if flow_run.get_id():
-        tags.update({Tag.PREFECT_FLOW_RUN: str(flow_run.get_id()),
-                     Tag.PREFECT_ROOT_FLOW_RUN: str(flow_run.get_root_flow_run_id())})
+    run_name, run_dir, tag = tracking.new_run_folder(checked.root, f"apply-{r.task}")
+    tags = {UseTag.TASK: r.task, Tag.DATASET: r.dataset, UseTag.PRESET: r.preset, **tracking.flow_run_tags()}
     evaluator = evaluator_dir(checked.root, r.dataset)
     with tracking.tracked_run(checked.root, run_name, tags) as parent:
         parent.params({"task": r.task, "methods": ",".join(r.methods), "dataset": r.dataset, "preset": r.preset})
@@ -191,13 +181,13 @@ def apply_method(method: str, config: dict[str, Any], ctx: ApplyContext) -> Meth
     """Never raises: a failure ends this method's run FAILED with the reason, and the row says it."""
     from genzoo.uses import get_use
     from tasks import progress
-    from tasks.tracking import flatten, tracked_run
+    from tasks.tracking import first_line, flatten, tracked_run
 
     result = MethodResult(ctx.task, method, ctx.dataset)
     spec = get_use(ctx.task).method(method)
     manifest = json.loads((Path(ctx.prepared_dir) / "manifest.json").read_text())
     tags = {UseTag.TASK: ctx.task, UseTag.METHOD: method, Tag.DATASET: ctx.dataset, Tag.DATA_HASH: manifest["hash"],
-            "genzoo.apply_preset": ctx.preset}
+            UseTag.PRESET: ctx.preset}
     stage = "family training"
     try:
         with tracked_run(ctx.root, result.name, tags, ctx.parent_run_id) as run:
@@ -216,10 +206,10 @@ def apply_method(method: str, config: dict[str, Any], ctx: ApplyContext) -> Meth
                     stage = "registration"
                     result.registered = register_predictor(run.run_id, out["predictor"], result.name, manifest)
             except Exception as exc:
-                result.reason = f"{stage} failed: {_first_line(exc)}"
+                result.reason = f"{stage} failed: {first_line(exc)}"
                 run.fail(result.reason)
     except Exception as exc:  # the tracking store itself failed
-        result.reason = result.reason or f"tracking failed: {_first_line(exc)}"
+        result.reason = result.reason or f"tracking failed: {first_line(exc)}"
     result.status = "FAILED" if result.reason else "FINISHED"
     progress.say(f"{result.name:<20} " + (f"FAILED: {result.reason}" if result.reason else
                  f"done in {result.seconds:.0f} s" + (f"; registered {result.registered}" if result.registered else "")))
@@ -393,8 +383,3 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

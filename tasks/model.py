@@ -16,7 +16,7 @@ from tasks.plan import queue_key
 from tasks.ray_job import admission
 from tasks.register import ensure_promoted, register_and_promote
 from tasks.schema import ModelRequest, ModelResult, RunContext, Tag
-from tasks.tracking import tracked_run
+from tasks.tracking import first_line, tracked_run
 from tasks.train import run_tags, train, training_key
 
 
@@ -49,11 +49,11 @@ def build_model(req: ModelRequest, ctx: RunContext) -> ModelResult:
             try:
                 _train_evaluate_register(req, ctx, run, key, result, stage)
             except Exception as exc:
-                result.reason = f"{stage[0]} failed: {_first_line(exc)}"
+                result.reason = f"{stage[0]} failed: {first_line(exc)}"
             if result.reason:
                 run.fail(result.reason)
     except Exception as exc:  # the tracking store itself failed
-        result.reason = result.reason or f"tracking failed: {_first_line(exc)}"
+        result.reason = result.reason or f"tracking failed: {first_line(exc)}"
     finally:  # failed before training: its place in the cluster's queue is given up
         admission.cancel(queue_key(ctx, req.name))
     result.status = "FAILED" if result.reason else "FINISHED"
@@ -94,8 +94,3 @@ def _train_evaluate_register(req: ModelRequest, ctx: RunContext, run, key: str, 
     if decision is not None:
         result.registered, result.decision = decision["registered"], decision["decision"]
         result.decision_reason = decision["reason"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -246,8 +244,6 @@ def start_pipeline_run(checked: Plan, prepared: dict[str, str], skipped: list[st
     """The parent MLflow run of a pipeline run (owned by the `with` block) and the context its models share.
     First, the runs a killed pipeline of this host left RUNNING are ended KILLED (tracking.sweep_stale_runs);
     the parent run is tagged with the Prefect flow run, so the flow's hooks find it (tracking.close_runs_hook)."""
-    from prefect.runtime import flow_run
-
     from tasks import tracking
     from tasks.prepare import evaluator_dir
     from tasks.progress import say
@@ -256,15 +252,8 @@ def start_pipeline_run(checked: Plan, prepared: dict[str, str], skipped: list[st
     if swept:
         say(f"ended {len(swept)} MLflow run(s) left RUNNING by a pipeline that was killed: KILLED")
     r = checked.request
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    tag = uuid.uuid4().hex[:6]
-    run_name = f"pipeline-{stamp}-{tag}"
-    run_dir = checked.root / "runs" / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tags = {Tag.PRESET: r.preset}
-    if flow_run.get_id():
-        tags.update({Tag.PREFECT_FLOW_RUN: str(flow_run.get_id()),
-                     Tag.PREFECT_ROOT_FLOW_RUN: str(flow_run.get_root_flow_run_id())})
+    run_name, run_dir, tag = tracking.new_run_folder(checked.root, "pipeline")
+    tags = {Tag.PRESET: r.preset, **tracking.flow_run_tags()}
     with tracking.tracked_run(checked.root, run_name, tags) as parent:
         parent.params({"families": ",".join(r.families), "datasets": ",".join(prepared), "preset": r.preset,
                        **tracking.flatten("train", checked.train.to_dict()),

@@ -193,3 +193,32 @@ def tracked_run(root: Path | str, name: str, tags: dict[str, str], parent_id: st
         raise
     else:
         end_run(run.run_id, run.status, run.reason)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as a run's failure reason: its type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def new_run_folder(root: Path, prefix: str) -> tuple[str, Path, str]:
+    """A parent run's name (<prefix>-<UTC time>-<tag>), its folder under runs/ (created) and the tag."""
+    import datetime as dt
+    import uuid
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    tag = uuid.uuid4().hex[:6]
+    name = f"{prefix}-{stamp}-{tag}"
+    folder = Path(root) / "runs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return name, folder, tag
+
+
+def flow_run_tags() -> dict[str, str]:
+    """The Prefect flow run (and its outermost one) a parent run belongs to, so the flows' hooks find it
+    (close_runs_hook); none outside a flow run."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.get_id():
+        return {}
+    return {Tag.PREFECT_FLOW_RUN: str(flow_run.get_id()), Tag.PREFECT_ROOT_FLOW_RUN: str(flow_run.get_root_flow_run_id())}

@@ -48,6 +48,17 @@ def labelled_split(data: Any, per_class: int, seed: int, device: torch.device | 
     return Split(x[rows].to(device), y.to(device), x[rest].to(device), rows)
 
 
+def begin_run(method: Any, inputs: Any) -> tuple[Any, torch.Generator, Split, Predictor]:
+    """What every method's run begins with: torch seeded, a generator of the same seed, the labelled /
+    unlabelled split on the device, and a fresh predictor in training mode."""
+    cfg = inputs.config
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    split = labelled_split(inputs.data, cfg.labels_per_class, cfg.seed, inputs.device)
+    predictor = method.build(cfg.predictor_config()).to(inputs.device).train()
+    return cfg, gen, split, predictor
+
+
 def label_batches(n_lab: int, batch: int, steps: int, generator: torch.Generator) -> torch.Tensor:
     """(steps, batch) indices into the labelled set: concatenated random permutations of it, so the small
     labelled set is upsampled to the unlabelled batch size (every labelled image once per n_lab draws)."""

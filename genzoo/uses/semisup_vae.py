@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from genzoo.uses.base import Method, UseInputs, UseOutcome
 from genzoo.uses.semisup_common import (LabelsConfig, LatentClassifierPredictor, check_finite, error_percent,
-                                        label_batches, labelled_split)
+                                        label_batches, begin_run)
 from genzoo.uses.semisup_nets import CLASSES, image_grid
 from models.base import ConfigError
 
@@ -62,11 +62,7 @@ class VAEMethod(Method):
     summary = "M1 + M2: a class-conditional VAE on a pixel VAE's codes (Kingma et al. 2014)"
 
     def run(self, inputs: UseInputs) -> UseOutcome:
-        cfg: VAEConfig = inputs.config
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        split = labelled_split(inputs.data, cfg.labels_per_class, cfg.seed, inputs.device)
-        predictor = self.build(cfg.predictor_config()).to(inputs.device).train()
+        cfg, gen, split, predictor = begin_run(self, inputs)  # cfg: VAEConfig
         m1, m2, b = predictor.m1, predictor.m2, cfg.batch_size
         start = time.perf_counter()
 

@@ -40,7 +40,7 @@ import torch
 
 from genzoo.uses.base import Method, Use, UseInputs, UseOutcome
 from genzoo.uses.semisup_common import (ClassifierPredictor, LabelsConfig, Split, check_finite, error_percent,
-                                        label_batches, labelled_split)
+                                        label_batches, begin_run)
 from genzoo.uses.semisup_nets import (CLASSES, Classifier, Generator, feature_matching_loss, image_grid,
                                       k_plus_one_losses)
 from genzoo.uses.semisup_vae import VAEMethod
@@ -141,11 +141,7 @@ class GANMethod(Method):
     summary = "K+1-class discriminator + feature-matching generator (Salimans et al. 2016)"
 
     def run(self, inputs: UseInputs) -> UseOutcome:
-        cfg: GANConfig = inputs.config
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        split = labelled_split(inputs.data, cfg.labels_per_class, cfg.seed, inputs.device)
-        predictor = self.build(cfg.predictor_config()).to(inputs.device).train()
+        cfg, gen, split, predictor = begin_run(self, inputs)  # cfg: GANConfig
         d = predictor.net
         d.init_from(split.x_unl[torch.randperm(len(split.x_unl), generator=gen)[:cfg.init_rows].to(inputs.device)])
         g = Generator(cfg.latent_dim, cfg.g_hidden).to(inputs.device).train()
@@ -209,11 +205,7 @@ class BaselineMethod(Method):
     summary = "the GAN's discriminator network (same noise) trained on the labelled images alone"
 
     def run(self, inputs: UseInputs) -> UseOutcome:
-        cfg: ClassifierConfig = inputs.config
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        split = labelled_split(inputs.data, cfg.labels_per_class, cfg.seed, inputs.device)
-        predictor = self.build(cfg.predictor_config()).to(inputs.device).train()
+        cfg, gen, split, predictor = begin_run(self, inputs)  # cfg: ClassifierConfig
         d = predictor.net
         d.init_from(split.x_lab)  # the labelled images only: no unlabelled data reaches the baseline
         opt = _adam(d.parameters(), cfg)

@@ -173,11 +173,16 @@ def register_model(root: Path, model, name: str) -> str:
     return f"{name}/{version}"
 
 
-def fetched_equals_own_sample(registered, model, n: int = 5, seed: int = 3) -> bool:
+def fetched_equals_own_sample(registered, model, n: int = 5, seed: int = 3, exact: bool = True) -> bool:
+    """The same samples for the seed. Exact in one process; across processes (`exact=False`) to float32
+    rounding, since another process may run matrix products on another number of threads."""
+    import numpy as np
     import torch
 
     own = model.sample(n, torch.Generator().manual_seed(seed)).numpy()
-    return registered.shape == own.shape and bool((registered == own).all())
+    if registered.shape != own.shape:
+        return False
+    return bool((registered == own).all()) if exact else bool(np.allclose(registered, own, rtol=1e-4, atol=1e-5))
 
 
 @pytest.mark.parametrize("family", sorted(__import__("models").FAMILIES))
@@ -219,7 +224,7 @@ def test_fetch_from_a_tampered_registry_runs_none_of_its_code(project, tmp_path)
     assert not marker.exists(), "genzoo fetch imported the code stored in the registry"
     import numpy as np
 
-    assert fetched_equals_own_sample(np.load(out), model, n=7, seed=3)
+    assert fetched_equals_own_sample(np.load(out), model, n=7, seed=3, exact=False)
 
     # The tampering is live: MLflow's own loader does import the stored file.
     load = subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.pyfunc.load_model('models:/{ref}')"],

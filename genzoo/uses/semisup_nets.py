@@ -70,11 +70,15 @@ class Classifier(nn.Module):
         return (logits, features) if with_features else logits
 
     @torch.no_grad()
-    def init_from(self, x: torch.Tensor) -> None:
-        """Data-dependent initialisation of every layer on a batch (noise off)."""
-        h = x
+    def init_from(self, x: torch.Tensor, noisy: bool = False) -> None:
+        """Data-dependent initialisation of every layer on a batch, with the training noise on (`noisy`, as
+        the reference initialises: each layer's inputs then carry the noise they will carry in training)
+        or off."""
+        sigma = (lambda s: s) if noisy else (lambda s: 0.0)
+        h = x + sigma(self.input_noise) * torch.randn_like(x)
         for layer in self.hidden:
             h = F.relu(layer.init_from(h))
+            h = h + sigma(self.hidden_noise) * torch.randn_like(h)
         self.out.init_from(h)
 
 

@@ -78,6 +78,7 @@ class GANConfig(ClassifierConfig):
     g_hidden: tuple[int, ...] = (500, 500)
     unlabelled_weight: float = 1.0
     init_rows: int = 500  # unlabelled images for the discriminator's data-dependent initialisation
+    init_noise: bool = False  # initialise with the training noise on (the reference) or off
 
 
 class Averager:
@@ -143,7 +144,8 @@ class GANMethod(Method):
     def run(self, inputs: UseInputs) -> UseOutcome:
         cfg, gen, split, predictor = begin_run(self, inputs)  # cfg: GANConfig
         d = predictor.net
-        d.init_from(split.x_unl[torch.randperm(len(split.x_unl), generator=gen)[:cfg.init_rows].to(inputs.device)])
+        d.init_from(split.x_unl[torch.randperm(len(split.x_unl), generator=gen)[:cfg.init_rows].to(inputs.device)],
+                    noisy=cfg.init_noise)
         g = Generator(cfg.latent_dim, cfg.g_hidden).to(inputs.device).train()
         opt_d, opt_g = _adam(d.parameters(), cfg), _adam(g.parameters(), cfg)
         trainable = [p for p in d.parameters() if p.requires_grad]

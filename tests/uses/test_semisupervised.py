@@ -14,7 +14,7 @@ from data.errors import DataError
 from data.prepared import Prepared
 from genzoo.uses import UseInputs, load_predictor, save_predictor
 from genzoo.uses.semisup_common import as_images, label_batches, labelled_split, labelled_subset
-from genzoo.uses.semisup_nets import k_plus_one_losses
+from genzoo.uses.semisup_nets import Classifier, k_plus_one_losses
 from genzoo.uses.semisupervised import USE
 from models import FAMILIES
 from models.base import ConfigError
@@ -100,6 +100,35 @@ def test_k_plus_one_loss_matches_a_hand_computation():
     got_lab, got_unl = k_plus_one_losses(*(torch.tensor(a) for a in (lab, y, unl, fake)))
     assert got_lab.item() == pytest.approx(expected_lab, rel=1e-9)
     assert got_unl.item() == pytest.approx(expected_unl, rel=1e-9)
+
+
+def preactivations(net: Classifier, x: torch.Tensor, noise: bool) -> list[torch.Tensor]:
+    """Each layer's pre-activations on `x`, with the training noise (drawn from torch's seed) or without."""
+    out, h = [], x + (net.input_noise * torch.randn_like(x) if noise else 0)
+    for layer in net.hidden:
+        out.append(layer(h))
+        h = torch.relu(out[-1])
+        h = h + (net.hidden_noise * torch.randn_like(h) if noise else 0)
+    return [*out, net.out(h)]
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_data_dependent_initialisation_standardises_every_layer_on_its_batch(noisy):
+    """After init_from, every unit's pre-activation has mean 0 and variance 1 on the batch, computed the
+    way the batch went through: clean, or with the training noise (the reference's initialisation)."""
+    x = torch.rand(256, 784, generator=torch.Generator().manual_seed(0))
+    net = Classifier((64, 32), input_noise=0.3, hidden_noise=0.5)
+    torch.manual_seed(5)
+    net.init_from(x, noisy=noisy)
+    torch.manual_seed(5)  # the same noise again
+    with torch.no_grad():
+        for t in preactivations(net, x, noisy):
+            assert torch.allclose(t.mean(0), torch.zeros(t.shape[1]), atol=1e-4)
+            assert torch.allclose(t.var(0, unbiased=False), torch.ones(t.shape[1]), atol=1e-3)
+    clean = Classifier((64, 32), input_noise=0.3, hidden_noise=0.5)
+    clean.load_state_dict(net.state_dict())
+    clean.init_from(x, noisy=False)
+    assert not torch.allclose(clean.hidden[1].g, net.hidden[1].g) if noisy else torch.equal(clean.hidden[1].g, net.hidden[1].g)
 
 
 @pytest.mark.parametrize("method", ["gan", "vae", "baseline"])

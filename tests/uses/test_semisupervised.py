@@ -184,8 +184,9 @@ def test_predictor_refuses_bad_images():
 
 @pytest.mark.parametrize("method", ["gan", "baseline"])
 def test_the_classifier_learns_the_tiny_task(method):
-    """Not only finite: 2 labels a class of the block images, a few dozen steps, mostly right."""
-    _, _, outcome, _ = run(method, tiny_mnist(), epochs=4, steps_per_epoch=15)
+    """Not only finite: 2 labels a class of the block images, 60 steps, mostly right. At the paper's lr 0.003:
+    the GAN's MNIST recipe (0.001) needs more than 60 steps (measured: 47-63 % error on this task)."""
+    _, _, outcome, _ = run(method, tiny_mnist(), epochs=4, steps_per_epoch=15, lr=0.003)
     assert outcome.metrics["test_error"] < 25
 
 

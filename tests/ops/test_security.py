@@ -93,9 +93,10 @@ def connect(genzoo_ray, **settings: str) -> subprocess.Popen:
 
 
 def test_ray_refuses_a_client_without_the_projects_token(genzoo_ray):
-    # Both refusals at once: Ray retries for a while before it gives up.
-    no_token = connect(genzoo_ray)
-    wrong_token = connect(genzoo_ray, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    # Both refusals at once. A refused client retries its GCS connection once a second before it gives up.
+    give_up = {"RAY_gcs_server_port_wait_time_s": "2"}  # 2 tries, about 1 s apart (20 by default)
+    no_token = connect(genzoo_ray, **give_up)
+    wrong_token = connect(genzoo_ray, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64, **give_up)
     for proc in (no_token, wrong_token):
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode != 0 and "ANSWER=" not in out, out[-3000:]

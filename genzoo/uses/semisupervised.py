@@ -26,6 +26,9 @@ NOTE: budgets. The standard budget trains the GAN for a few epochs of 500 steps 
 of 600), so it decays the learning rate linearly to 0 over the last `decay_fraction` of its steps
 (the reference keeps lr constant) and evaluates an exponential moving average of the discriminator's
 weights (`ema`, bias-corrected; the reference evaluates a 0.9999 average from zero over 180,000 steps).
+NOTE: params.yaml trains the GAN at lr 0.001, not the paper's 0.003: at 0.003 our generator fell behind (its
+feature-matching loss grew to 4-40) and the unlabelled images stopped helping; and it initialises with the
+noise on (`init_noise`), as the reference code does (BENCHMARKS.md, the sweep of 2026-12-02).
 NOTE: M1 and M2 use Adam (the paper: RMSProp with momentum); the Bernoulli decoder of M1 takes grey
 levels as targets (the paper does not binarise either).
 """

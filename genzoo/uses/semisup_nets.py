@@ -57,15 +57,16 @@ class Classifier(nn.Module):
         self.out = WNLinear(sizes[-1], CLASSES, train_scale=True)
         self.input_noise, self.hidden_noise = input_noise, hidden_noise
 
-    def _noise(self, h: torch.Tensor, sigma: float) -> torch.Tensor:
-        return h + sigma * torch.randn_like(h) if self.training and sigma > 0 else h
+    @staticmethod
+    def _noise(h: torch.Tensor, sigma: float, on: bool) -> torch.Tensor:
+        return h + sigma * torch.randn_like(h) if on and sigma > 0 else h
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
-        h = self._noise(x, self.input_noise)
+        h = self._noise(x, self.input_noise, self.training)
         features = h
         for layer in self.hidden:
             features = F.relu(layer(h))  # the last hidden layer's output: the feature-matching statistics
-            h = self._noise(features, self.hidden_noise)
+            h = self._noise(features, self.hidden_noise, self.training)
         logits = self.out(h)  # (n, K)
         return (logits, features) if with_features else logits
 
@@ -74,11 +75,9 @@ class Classifier(nn.Module):
         """Data-dependent initialisation of every layer on a batch, with the training noise on (`noisy`, as
         the reference initialises: each layer's inputs then carry the noise they will carry in training)
         or off."""
-        sigma = (lambda s: s) if noisy else (lambda s: 0.0)
-        h = x + sigma(self.input_noise) * torch.randn_like(x)
+        h = self._noise(x, self.input_noise, noisy)
         for layer in self.hidden:
-            h = F.relu(layer.init_from(h))
-            h = h + sigma(self.hidden_noise) * torch.randn_like(h)
+            h = self._noise(F.relu(layer.init_from(h)), self.hidden_noise, noisy)
         self.out.init_from(h)
 
 

@@ -10,6 +10,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers) each worker gets its share of the CPUs for
+    torch's intra-op threads, so the workers' unit tests do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: on a shared 2-core machine extra intra-op threads only add contention

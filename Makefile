@@ -30,7 +30,7 @@ apply: install
 	$(BIN)/genzoo apply translate --preset quick
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # The platform's costs and speed-ups, each printed and written to benchmarks/results/ (BENCHMARKS.md).
 bench: install

@@ -17,6 +17,9 @@ a multiple of `pack` drops its last batch % pack samples). The MLP players have 
 hidden layers of `hidden` units (2 by default; PacGAN's 2-D experiments use 4 x 400, latent
 dim 2 and BatchNorm in the generator, `g_batchnorm`). Sampling runs in eval mode, so
 BatchNorm layers use their running statistics, which the training steps update.
+NOTE: images use the conv players where they fit (`players: conv`); `players: mlp` gives them the MLP
+players instead (Goodfellow et al. 2014's MNIST model: a 1200-1200 ReLU generator with sigmoid outputs
+against a maxout discriminator with dropout; here a LeakyReLU one, `d_dropout` after each hidden layer).
 NOTE: data-parallel workers compute BatchNorm statistics over their own part of the batch (no
 SyncBatchNorm: it needs GPUs), so only GANs without BatchNorm (the MLP players with
 `g_batchnorm: false`) take on N workers exactly the steps they take on one.
@@ -48,6 +51,8 @@ class GANConfig(FamilyConfig):
     lr: float = 2e-4
     beta1: float = 0.5  # Adam's first-moment decay (DCGAN: 0.5)
     pack: int = 1  # PacGAN: samples per discriminator input (1: a plain GAN)
+    players: str = "conv"  # images the conv stack fits: "conv" (DCGAN) or "mlp" (Goodfellow et al. 2014's kind)
+    d_dropout: float = 0.0  # dropout after every hidden layer of the MLP discriminator (Goodfellow et al. 2014: 0.5)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +61,10 @@ class GANConfig(FamilyConfig):
                 raise ConfigError(f"gan {key} must be at least 1, got {getattr(self, key)}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"gan beta1 must be in [0, 1), got {self.beta1}")
+        if self.players not in ("conv", "mlp"):
+            raise ConfigError(f"gan players must be 'conv' or 'mlp', got {self.players!r}")
+        if not 0 <= self.d_dropout < 1:
+            raise ConfigError(f"gan d_dropout must be in [0, 1), got {self.d_dropout}")
 
 
 class GAN(GenerativeModel):
@@ -68,7 +77,7 @@ class GAN(GenerativeModel):
     def __init__(self, config: GANConfig):
         super().__init__(config)
         c = config
-        if conv_fits(c.data_shape):
+        if c.players == "conv" and conv_fits(c.data_shape):
             self.generator = ConvGenerator(c.latent_dim, c.data_shape, c.width)
             channels, height, width = c.data_shape
             self.discriminator = ConvDiscriminator((c.pack * channels, height, width), c.width)
@@ -77,7 +86,7 @@ class GAN(GenerativeModel):
             hidden = [c.hidden] * c.depth
             self.generator = mlp([c.latent_dim, *hidden, c.dim], out_act=out_act,
                                  norm=nn.BatchNorm1d if c.g_batchnorm else None)
-            self.discriminator = mlp([c.pack * c.dim, *hidden, 1], act=lambda: nn.LeakyReLU(0.2))
+            self.discriminator = mlp([c.pack * c.dim, *hidden, 1], act=lambda: nn.LeakyReLU(0.2), dropout=c.d_dropout)
 
     @torch.no_grad()
     def init_from_data(self, train: torch.Tensor) -> None:

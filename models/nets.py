@@ -9,8 +9,9 @@ from torch import nn
 
 
 def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, out_act: nn.Module | None = None,
-        norm: type[nn.Module] | None = None) -> nn.Sequential:
-    """Linear layers of the given sizes with `act` between them (after `norm(width)`, e.g. BatchNorm1d, if given)."""
+        norm: type[nn.Module] | None = None, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of the given sizes with `act` between them (after `norm(width)`, e.g. BatchNorm1d, if given;
+    followed by Dropout(`dropout`) if it is above 0)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -18,6 +19,8 @@ def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, out_act: nn.Module | N
             if norm is not None:
                 layers.append(norm(b))
             layers.append(act())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     if out_act is not None:
         layers.append(out_act)
     return nn.Sequential(*layers)

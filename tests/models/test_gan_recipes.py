@@ -79,6 +79,28 @@ def test_depth_and_generator_batchnorm_and_image_players_unchanged():
     assert type(conv.discriminator).__name__ == "ConvDiscriminator" and conv.discriminator.net[0].in_channels == 1
 
 
+def test_mlp_players_on_images_with_discriminator_dropout():
+    """`players: mlp` gives an image the MLP players the conv stack would replace; `d_dropout` drops only in
+    the discriminator and only while training."""
+    model = build((1, 8, 8), "image", players="mlp", hidden=32, d_dropout=0.5, latent_dim=4)
+    assert type(model.discriminator).__name__ == "Sequential" and model.discriminator[0].in_features == 64
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.discriminator) == 2
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.generator)
+    x = data((1, 8, 8), 16, "image")
+    model.init_from_data(x)  # the generator's sigmoid outputs start at the pixel means
+    assert torch.allclose(torch.sigmoid(model.generator[-2].bias), x.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3),
+                          atol=1e-3)
+    model.eval()
+    assert torch.equal(model.critic(x), model.critic(x))  # no dropout in eval mode
+    model.train()
+    assert not torch.equal(model.critic(x), model.critic(x))
+    assert np.isfinite(model.training_step(x, model.configure_optimizers())["loss"])
+    assert model.sample(3, torch.Generator().manual_seed(1)).shape == (3, 1, 8, 8)
+    for bad in ({"players": "maxout"}, {"d_dropout": 1.0}):
+        with pytest.raises(ConfigError):
+            build((1, 8, 8), "image", **bad)
+
+
 def test_sampling_uses_batchnorm_running_statistics():
     """Samples come from eval mode: each is a function of its own noise (no batch statistics), the running
     statistics are those the training steps left, and sampling leaves the model in the mode it found."""

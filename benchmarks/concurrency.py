@@ -41,12 +41,13 @@ def main() -> None:
     import data
     import models
     from genzoo.config import load_params, recipe_kind
-    from genzoo.training import fit
+    from genzoo.training import fit, flush_denormals
 
     stages = [f"prepare@{d}" for d in DATASETS] + ["evaluator@digits", "evaluator@mnist"]
     subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", *stages], cwd=root, check=True)
     params = load_params(root / "params.yaml")
 
+    flush_denormals()  # as every genzoo training does, before the first torch operation
     torch.set_num_threads(args.threads)
     bare = {}
     for ds in DATASETS:

@@ -59,7 +59,9 @@ def main() -> None:
     import models
     from data.prepared import read_manifest
     from genzoo.config import load_params, recipe_kind
-    from genzoo.training import fit
+    from genzoo.training import fit, flush_denormals
+
+    from cpu_census import Census
 
     stages = [f"prepare@{args.dataset}", f"evaluator@{args.dataset}"]
     print(f"[overhead] dvc repro {' '.join(stages)} (paid once per data version, not timed)", flush=True)
@@ -73,14 +75,19 @@ def main() -> None:
     tcfg = params.train_config(args.preset, recipe.train.to_dict())
 
     # Bare: the same loop, data already in memory, nothing tracked, same threads.
+    flush_denormals()  # as every genzoo training does, before the first torch operation
     torch.set_num_threads(args.threads)
     prepared = data.load(folder)
     mcfg = {**recipe.model, "data_shape": prepared.shape, "data_kind": prepared.kind}
     torch.manual_seed(tcfg.seed)
     model = models.build(args.family, mcfg)
+    census = Census().start()
+    bare_wall = time.time()
     t0 = time.perf_counter()
-    fit(model, prepared.tensor("train"), tcfg, val=prepared.tensor("val", tcfg.val_examples), log=lambda m: None)
+    bare_history = fit(model, prepared.tensor("train"), tcfg, val=prepared.tensor("val", tcfg.val_examples),
+                       log=lambda m: None)
     bare = time.perf_counter() - t0
+    bare_window = (bare_wall, time.time())
     print(f"[overhead] bare fit: {bare:.1f} s", flush=True)
 
     # Through the pipeline, as `genzoo run` does it: start-up (Prefect's API and Ray side by side), then the flow.
@@ -95,9 +102,11 @@ def main() -> None:
                       reuse_trainings=False)
     piped = time.perf_counter() - t0
     wall1 = time.time()
+    census.stop()
     row = result.rows[0]
     assert row.ok, row.reason
     metrics = client().get_run(row.run_id).data.metrics
+    piped_epochs = [m.value for m in sorted(client().get_metric_history(row.run_id, "epoch_seconds"), key=lambda m: m.step)]
     evaluation = metrics["eval_seconds"]
 
     out = {
@@ -115,6 +124,11 @@ def main() -> None:
             "of which the fit (from admission)": round(row.train_seconds, 2),
             "evaluation (10,000 samples, every measure)": round(evaluation, 2),
             "registration, promotion, report, flow end": round(wall1 - row.ended_at - evaluation, 2)},
+        "epoch_seconds_bare": [round(h["epoch_seconds"], 2) for h in bare_history],
+        "epoch_seconds_in_pipeline": [round(v, 2) for v in piped_epochs],
+        # CPU seconds each kind of process used while the fit ran, bare and in the pipeline (2-thread fit, 2 cores)
+        "cpu_during_bare_fit": census.between(*bare_window),
+        "cpu_during_pipeline_fit": census.between(row.started_at, row.ended_at),
         "ratio_without_evaluation": round((piped - evaluation) / bare, 3),
         "ratio_with_evaluation": round(piped / bare, 3),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, torch {torch.__version__}",

@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     import data
     import models
     from genzoo.config import load_params, recipe_kind
-    from genzoo.training import fit
+    from genzoo.training import fit, flush_denormals
 
+    flush_denormals()  # as every genzoo training does, before the first torch operation
     torch.set_num_threads(args.threads)
     params = load_params(ROOT / "params.yaml")
     prepared = data.load(prepared_folder(args.dataset))

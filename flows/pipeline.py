@@ -55,8 +55,10 @@ def pipeline(
     from tasks.prepare import prepare_datasets
     from tasks.register import register_evaluators
     from tasks.report import report
+    from genzoo.training import flush_denormals
 
     root = configure()
+    flush_denormals()  # the task threads (evaluation computes in them) start from this one and inherit it
     request = PipelineRequest(families, datasets, preset, train_overrides, model_overrides, evaluate_overrides,
                               register_models, reuse_trainings, fail_once_at_epoch)
     try:

@@ -264,8 +264,10 @@ def _run_use(job: UseJob) -> dict[str, Any]:
     import data
     import models
     from genzoo.evaluation import networks
+    from genzoo.training import flush_denormals
     from genzoo.uses import UseInputs, get_use
 
+    flush_denormals()  # before this worker's first torch operation (genzoo.training.flush_denormals)
     torch.set_num_threads(max(1, round(job.cpus)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     log_file = open(job.log_file, "a", buffering=1)

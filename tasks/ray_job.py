@@ -105,8 +105,9 @@ def _fit(job: TrainJob, rank: int, world: int, device: torch.device, resume: dic
     import models
     from data.prepared import to_model_space
     from genzoo.config import TrainConfig
-    from genzoo.training import fit
+    from genzoo.training import fit, flush_denormals
 
+    flush_denormals()  # before this worker's first torch operation, so its thread pool computes without denormals
     torch.set_num_threads(max(1, round(job.train["cpus_per_worker"])))  # the CPUs this worker holds
     arrays = ray.get(job.data) if isinstance(job.data, ray.ObjectRef) else job.data
     train = to_model_space(arrays["train"], job.manifest)

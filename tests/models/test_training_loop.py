@@ -272,3 +272,29 @@ def test_every_recipe_trains_on_tiny_data(family, kind):
     history = fit(model, x, recipe.train, log=lambda m: None)
     assert len(history) == 1 and all(math.isfinite(v) for v in history[0].values())
     assert model.sample(4, torch.Generator().manual_seed(1)).shape == (4, *shape)
+
+
+def test_fit_flushes_denormals_in_its_thread_and_the_threads_it_starts():
+    """genzoo.training.flush_denormals (called by fit): float32 values below 1.2e-38 become 0 in this
+    thread and in threads started after it, torch's pools included. In a new process, so the test
+    session's own floating-point mode is not what is checked."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import threading, torch, models\n"
+        "from genzoo.config import TrainConfig\n"
+        "from genzoo.training import fit\n"
+        "tiny = lambda: (torch.tensor([1e-38]) * 0.5).item()\n"
+        "before = tiny()\n"
+        "m = models.build('made', {'data_shape': [4], 'data_kind': 'binary', 'hidden': [8]})\n"
+        "fit(m, torch.bernoulli(torch.full((32, 4), 0.5)), TrainConfig(epochs=1, batch_size=8, steps_per_epoch=2),"
+        " log=lambda s: None)\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(tiny())); t.start(); t.join()\n"
+        "print(before, tiny(), seen[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    before, after, in_new_thread = map(float, out.stdout.split())
+    assert before == pytest.approx(5e-39)  # a denormal, as IEEE 754 has it by default
+    assert after == 0.0 and in_new_thread == 0.0

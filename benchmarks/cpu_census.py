@@ -35,6 +35,15 @@ def _cpu_seconds(stat_file: Path) -> tuple[str, float] | None:
     return comm, (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of proc(5)
 
 
+def _stolen_seconds() -> float:
+    """CPU time the hypervisor gave to other guests while this machine's CPUs wanted it (/proc/stat steal)."""
+    try:
+        fields = (_PROC / "stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) / _TICK if len(fields) > 8 else 0.0
+
+
 def _group(pid: int, comm: str, me: int) -> str:
     """The kind of process: this driver, a Ray worker, Ray's own daemons, Prefect's server, other."""
     if pid == me:
@@ -93,6 +102,7 @@ class Census:
                 if got:
                     owner = "driver" if pid == str(me) else f"worker {pid}"
                     threads[f"{owner} {task.name} {got[0]}"] = got[1]
+        per_pid["0 machine: stolen by the hypervisor"] = _stolen_seconds()  # all CPUs together
         return time.time(), per_pid, threads
 
     def _loop(self) -> None:

@@ -49,13 +49,13 @@ def pipeline(
     evaluate_overrides: dict[str, Any] | None = None,
 ) -> PipelineResult:
     """Train and compare `families` on `datasets` with the `preset` budget."""
+    from genzoo.training import flush_denormals
     from tasks import progress
     from tasks.evaluate import evaluate_baseline
     from tasks.model import build_model
     from tasks.prepare import prepare_datasets
     from tasks.register import register_evaluators
     from tasks.report import report
-    from genzoo.training import flush_denormals
 
     root = configure()
     flush_denormals()  # the task threads (evaluation computes in them) start from this one and inherit it

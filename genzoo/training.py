@@ -33,9 +33,10 @@ def flush_denormals() -> None:
 
     NOTE: trained weights, Adam's moments and activations drift into float32's denormal range (below
     1.2e-38), where x86 runs every operation on them many times slower. A MADE 784-500-784's quick fit
-    (12 x 500 steps, 2 threads) took 58.8 s and 53.7 s without this and 36.8 s and 37.4 s with it, each
-    in a new process (BENCHMARKS.md, "Denormals"). Values that small carry nothing these models use;
-    their likelihoods are computed in log space."""
+    (12 x 500 steps, 2 threads, each in a new process) took 55.2 s and 60.4 s without this and 39.8 s
+    and 40.7 s with it; the VAE's on MNIST 66.0 s and 46.3 s; the GAN's and the RBM's did not change
+    (benchmarks/denormals.py; BENCHMARKS.md, "Denormal floats"). Values that small carry nothing these
+    models use; their likelihoods are computed in log space."""
     torch.set_flush_denormal(True)
 
 

@@ -1,4 +1,4 @@
-"""Who used the CPUs during a window: a sampler of every process's (and the driver's threads') CPU time.
+"""Who used the CPUs during a window: every process's CPU time, and that of the driver's and Ray workers' threads.
 
 On 2 cores a 2-thread fit loses whatever CPU anything else takes while it runs. The overhead benchmark
 uses this to say where its pipeline's fit went slower than the bare one: it samples /proc once a second
@@ -44,7 +44,7 @@ def _stolen_seconds() -> float:
     return int(fields[8]) / _TICK if len(fields) > 8 else 0.0
 
 
-def _group(pid: int, comm: str, me: int) -> str:
+def _group(pid: int, me: int) -> str:
     """The kind of process: this driver, a Ray worker, Ray's own daemons, Prefect's server, other."""
     if pid == me:
         return "driver (this process)"
@@ -89,7 +89,7 @@ class Census:
             if entry.name.isdigit():
                 got = _cpu_seconds(entry / "stat")
                 if got:
-                    per_pid[f"{entry.name} {_group(int(entry.name), got[0], me)}"] = got[1]
+                    per_pid[f"{entry.name} {_group(int(entry.name), me)}"] = got[1]
         threads: dict[str, float] = {}  # this process's threads and the Ray workers'
         watched = [str(me)] + [key.split(" ", 1)[0] for key in per_pid if key.endswith(_WORKERS)]
         for pid in watched:
@@ -111,8 +111,8 @@ class Census:
             self._stop.wait(self.every)
 
     def between(self, t0: float, t1: float) -> dict:
-        """CPU seconds by process kind and by this process's thread name, between the first sample at
-        or after t0 and the last at or before t1 (a process that started or ended inside counts from
+        """CPU seconds by process kind, by process, and by thread of this process and of the Ray workers,
+        between the first sample at or after t0 and the last at or before t1 (a process that started or ended inside counts from
         0 or up to its last sample)."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         if len(inside) < 2:

@@ -1,4 +1,4 @@
-"""Is a fit slower in a Ray worker than in the driver's own process, with nothing else running?
+"""Is a fit slower in a Ray worker, or beside the pipeline's services, than bare in the driver's own process?
 
 The overhead benchmark found the fit inside the pipeline's Ray worker 7-8 s (8-10 %) slower than the
 same bare fit. This separates the worker from the rest of the pipeline: the same training (MADE on
@@ -25,23 +25,30 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def _setup(folder: str, family: str, preset: str, overrides: dict):
+    """The prepared data, model config and TrainConfig params.yaml resolves for this training."""
+    import data
+    from genzoo.config import load_params, recipe_kind
+
+    params = load_params(ROOT / "params.yaml")
+    prepared = data.load(Path(folder))
+    recipe = params.resolve(family, recipe_kind(prepared.shape, prepared.kind), preset, overrides, None)
+    mcfg = {**recipe.model, "data_shape": prepared.shape, "data_kind": prepared.kind}
+    return prepared, mcfg, params.train_config(preset, recipe.train.to_dict())
+
+
 def timed_fit(folder: str, family: str, preset: str, overrides: dict, threads: int) -> dict:
     """Build and fit the model in this process; returns the fit's seconds and the threads torch used."""
     import torch
 
-    import data
     import models
-    from genzoo.config import load_params, recipe_kind
     from genzoo.training import fit, flush_denormals
 
     flush_denormals()  # as every genzoo training does, before the first torch operation
     torch.set_num_threads(threads)
-    params = load_params(ROOT / "params.yaml")
-    prepared = data.load(Path(folder))
-    recipe = params.resolve(family, recipe_kind(prepared.shape, prepared.kind), preset, overrides, None)
-    tcfg = params.train_config(preset, recipe.train.to_dict())
+    prepared, mcfg, tcfg = _setup(folder, family, preset, overrides)
     torch.manual_seed(tcfg.seed)
-    model = models.build(family, {**recipe.model, "data_shape": prepared.shape, "data_kind": prepared.kind})
+    model = models.build(family, mcfg)
     t0 = time.perf_counter()
     history = fit(model, prepared.tensor("train"), tcfg, val=prepared.tensor("val", tcfg.val_examples),
                   log=lambda m: None)
@@ -52,17 +59,11 @@ def timed_fit(folder: str, family: str, preset: str, overrides: dict, threads: i
 def pipeline_job(folder: str, family: str, preset: str, overrides: dict, storage: Path) -> dict:
     """The same training through the pipeline's own Ray job (tasks/ray_job.run_training: the data through
     the object store, a checkpoint and a progress line per epoch), without Prefect or MLflow."""
-    import data
-    from genzoo.config import load_params, recipe_kind
     from tasks.ray_job import run_training
 
-    params = load_params(ROOT / "params.yaml")
-    prepared = data.load(Path(folder))
-    recipe = params.resolve(family, recipe_kind(prepared.shape, prepared.kind), preset, overrides, None)
-    tcfg = params.train_config(preset, recipe.train.to_dict())
-    outcome = run_training(family, prepared.name, prepared.arrays, prepared.manifest,
-                           {**recipe.model, "data_shape": prepared.shape, "data_kind": prepared.kind},
-                           tcfg.to_dict(), storage, resume=False)
+    prepared, mcfg, tcfg = _setup(folder, family, preset, overrides)
+    outcome = run_training(family, prepared.name, prepared.arrays, prepared.manifest, mcfg, tcfg.to_dict(), storage,
+                           resume=False)
     assert outcome.status == "FINISHED", outcome.reason
     return {"seconds": outcome.seconds, "epoch_seconds": sum(h["epoch_seconds"] for h in outcome.history)}
 
@@ -75,19 +76,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--rounds", type=int, default=2, help="bare-beside-the-services / Ray-task pairs")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of bare beside the services, Ray task, pipeline job")
     args = p.parse_args()
 
     from recipes import prepared_folder
 
     folder = str(prepared_folder(args.dataset))
     overrides = {"cpus_per_worker": float(args.threads), "epochs": args.epochs, "steps_per_epoch": args.steps}
+    rows: list[tuple[str, dict]] = []
+
     def run(label: str, fn) -> None:
         rows.append((label, fn()))
         print(f"[gap] {label}: {rows[-1][1]}", flush=True)
 
-    bare = lambda: timed_fit(folder, args.family, args.preset, overrides, args.threads)  # noqa: E731
-    rows: list[tuple[str, dict]] = []
+    def bare() -> dict:
+        return timed_fit(folder, args.family, args.preset, overrides, args.threads)
+
     run("bare", bare)
 
     import ray
@@ -109,6 +113,7 @@ def main() -> None:
     run("bare again", bare)
     print(json.dumps({"command": " ".join(["benchmarks/ray_worker_gap.py", *sys.argv[1:]]),
                       "date": time.strftime("%Y-%m-%d %H:%M"), "rows": dict(rows)}, indent=1))
+
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,9 @@ importance-weighted bound IWAE-k of Burda, Grosse & Salakhutdinov 2016,
 "Importance Weighted Autoencoders" (arXiv:1509.00519), eq. 8:
 log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), evaluated with logsumexp in
 chunks of importance samples. IWAE-1 equals the ELBO in expectation, IWAE-k
-grows with k and tends to log p(x). The training objective stays the ELBO.
+grows with k and tends to log p(x). The training objective is the ELBO, or with
+config `train_k` = k > 1 the IWAE-k bound itself (the paper's IWAE: k samples of
+z per example, gradients through the normalised importance weights).
 
 NOTE: MLP encoder/decoder on flattened data for every shape (the paper's
 choice); the single-sample ELBO is what is reported per epoch.
@@ -54,11 +56,17 @@ class VAEConfig(FamilyConfig):
     iwae_k: int = 1  # importance samples for log_likelihood: 1 = ELBO, k > 1 = IWAE-k bound
     mixture: int = 1  # images: discretised logistic components per pixel
     kl_warmup_steps: int = 0  # KL weight rising linearly from 0 to 1 over these steps (Sonderby et al. 2016)
+    train_k: int = 1  # importance samples of the training objective: 1 = ELBO, k > 1 = IWAE-k (Burda et al.)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.iwae_k < 1:
             raise ConfigError(f"config key 'iwae_k' must be at least 1, got {self.iwae_k}")
+        if self.train_k < 1:
+            raise ConfigError(f"config key 'train_k' must be at least 1, got {self.train_k}")
+        if self.train_k > 1 and self.kl_warmup_steps:
+            raise ConfigError("config keys 'train_k' > 1 and 'kl_warmup_steps' do not combine: the IWAE objective "
+                              "has no separate KL term to warm up")
         if self.kl_warmup_steps < 0:
             raise ConfigError(f"config key 'kl_warmup_steps' must not be negative, got {self.kl_warmup_steps}")
         if self.mixture < 1:
@@ -153,21 +161,19 @@ class VAE(GenerativeModel):
             batch_k = max(1, 2**22 // (n * max(d, c.hidden)))
         if batch_k < 1:
             raise ValueError(f"batch_k must be at least 1, got {batch_k}")
+        mu, log_var = self.encode(flat)  # (n, latent) each: q(z|x) once, its k samples below
+        std = torch.exp(0.5 * log_var)
         chunk_lse = []
         for start in range(0, k, batch_k):
             size = min(batch_k, k - start)
-            ys, eps = [], []
-            for _ in range(size):  # one importance sample at a time: same draws whatever the chunking
-                ys.append(flat)
-                eps.append(torch.randn((n, c.latent_dim), generator=generator).to(self.device))
-            y = torch.stack(ys).flatten(0, 1)  # (size * n, D)
-            e = torch.stack(eps).flatten(0, 1)  # (size * n, latent)
-            mu, log_var = self.encode(y)  # (size * n, latent) each
-            z = mu + torch.exp(0.5 * log_var) * e  # (size * n, latent)
-            log_q = (-0.5 * e**2 - 0.5 * log_var - 0.5 * math.log(2 * math.pi)).sum(-1)  # (size * n,)
-            log_prior = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)  # (size * n,)
-            log_w = (self.decoder_log_prob(y, z) + log_prior - log_q).view(size, n)  # (size, n)
-            chunk_lse.append(torch.logsumexp(log_w, dim=0))  # (n,)
+            # one importance sample at a time: the same draws whatever the chunking
+            e = torch.stack([torch.randn((n, c.latent_dim), generator=generator).to(self.device)
+                             for _ in range(size)])  # (size, n, latent)
+            z = mu + std * e  # (size, n, latent)
+            log_q = (-0.5 * e**2 - 0.5 * log_var - 0.5 * math.log(2 * math.pi)).sum(-1)  # (size, n)
+            log_prior = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)  # (size, n)
+            log_px = self.decoder_log_prob(flat.expand(size, n, d).flatten(0, 1), z.flatten(0, 1)).view(size, n)
+            chunk_lse.append(torch.logsumexp(log_px + log_prior - log_q, dim=0))  # (n,)
         return torch.logsumexp(torch.stack(chunk_lse), dim=0) - math.log(k)  # (n,)
 
     @torch.no_grad()
@@ -190,7 +196,10 @@ class VAE(GenerativeModel):
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         warmup = self.config.kl_warmup_steps
         weight = min(1.0, (int(self.steps_taken) + 1) / warmup) if warmup else 1.0
-        loss = -self.elbo(batch, kl_weight=weight).mean()
+        if self.config.train_k > 1:  # IWAE: the k-sample bound itself, all k samples in one chunk
+            loss = -self.iwae_bound(batch, self.config.train_k, batch_k=self.config.train_k).mean()
+        else:
+            loss = -self.elbo(batch, kl_weight=weight).mean()
         self.optimize(optimizers["main"], loss)
         self.steps_taken += 1
         return {"loss": loss.detach(), "kl_weight": weight}

@@ -54,6 +54,7 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen
         test = prepared.subset("test", test_n or None, seed)
         torch.manual_seed(seed)
         out["test_nll"] = float(-log_likelihoods(model, test).mean())
+        out.update(model.likelihood_notes())  # the RBM: AIS log Z and its certain lower bound
     out["likelihood_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)

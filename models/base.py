@@ -250,6 +250,11 @@ class GenerativeModel(nn.Module):
         """Per-example log-likelihood (or bound/estimate) of `x` in nats."""
         raise NoLikelihood(f"family '{self.name}' is an implicit model: it defines no likelihood")
 
+    def likelihood_notes(self) -> dict[str, float | str]:
+        """What the evaluation should record beside the test likelihood (numbers become eval.* metrics,
+        keys ending in '_warning' are shown to the user); none by default."""
+        return {}
+
     def step_noise(self, shape: tuple[int, ...], uniform: bool = False, per_example: bool = True) -> torch.Tensor:
         """Training noise (standard normal, or U[0, 1)) of `shape`, drawn so that N data-parallel workers
         take the steps one worker takes: per-example noise (rows = this worker's examples) is the

@@ -44,6 +44,14 @@ UTML TR 2010-003), per example; it is NOT a likelihood. "free_energy_gap"
 NOTE: `log_likelihood` uses AIS for log Z with a generator seeded by
 config.seed, so it is deterministic for given weights; the estimate is cached
 and recomputed only when W, b, c or the base rates change.
+NOTE: AIS is unbiased for Z, so log Z_AIS is biased low, and on a PCD-trained RBM whose
+modes the annealing chains miss it can be low by many nats while its standard error looks
+small (2026-12-04, BENCHMARKS.md "The RBM's log Z"). So log Z is also bounded from below
+with certainty (markov.log_partition_lower_bound: the free energies of the distinct states
+that `bound_chains` Gibbs chains, from the fantasy particles and the base rates, and a greedy
+ascent find), and the likelihood uses the larger of the two; `likelihood_notes` reports both
+and warns when AIS fell below the bound. The result is still an estimate, and optimistic
+wherever both miss mass.
 NOTE: the AIS base-rate model takes its visible biases from the smoothed mean
 of all training batches seen ((sum + 1) / (count + 2), running buffers), or
 zeros with ais_base='zeros' or before any training; any base rate gives an
@@ -60,6 +68,7 @@ base-rate model.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.distributed as dist
@@ -86,10 +95,15 @@ class RBMConfig(FamilyConfig):
     ais_temperatures: int = 1000  # K: betas 0 = beta_0 < ... < beta_K = 1
     ais_schedule: str = "linear"  # 'linear' or 'piecewise' (Salakhutdinov & Murray's spacing)
     ais_base: str = "data"  # base-rate visible biases: 'data' (training mean) or 'zeros'
+    bound_chains: int = 500  # the certain lower bound on log Z: chains searching for low free energy ...
+    bound_steps: int = 1000  # ... for this many Gibbs steps each (0 chains or 0 steps: no bound)
     sample_burn_in: int = 1000  # block-Gibbs steps before a sample is returned
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.bound_chains < 0 or self.bound_steps < 0:
+            raise ConfigError(f"bound_chains and bound_steps must not be negative, got {self.bound_chains} and "
+                              f"{self.bound_steps}")
         for key in ("hidden", "k", "chains", "ais_temperatures"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -131,7 +145,7 @@ class RBM(GenerativeModel):
         self.register_buffer("data_sum", torch.zeros(c.dim, dtype=torch.float64))  # for the base rates
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("steps_taken", torch.zeros((), dtype=torch.long))  # drives the momentum and k schedules
-        self._log_z_cache: tuple[list[torch.Tensor], float, float] | None = None
+        self._log_z_cache: tuple[list[torch.Tensor], dict[str, float]] | None = None
 
     # -- the model ------------------------------------------------------
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
@@ -247,19 +261,55 @@ class RBM(GenerativeModel):
         return markov.ais_log_partition(self.W.detach(), self.b.detach(), self.c.detach(), self.base_bias(),
                                         betas, c.ais_runs if runs is None else runs, generator)
 
-    def log_partition(self) -> tuple[float, float]:
-        """Cached AIS (log Z, stderr) for the current weights, with a generator seeded by config.seed."""
+    def log_partition_lower_bound(self, generator: torch.Generator | None = None) -> float:
+        """A certain lower bound on log Z (markov.log_partition_lower_bound), from `bound_chains` chains:
+        the PCD fantasy particles first (they sit where the model puts its mass), then base-rate draws;
+        -inf when the config turns it off."""
+        c = self.config
+        if c.bound_chains == 0 or c.bound_steps == 0:
+            return -math.inf
+        starts = self.particles[:c.bound_chains]
+        extra = c.bound_chains - len(starts)
+        if extra:
+            probs = torch.sigmoid(self.base_bias()).expand(extra, -1).to(self.device, self.W.dtype)
+            starts = torch.cat([starts.to(self.W.dtype), markov.bernoulli(probs, generator)])  # (bound_chains, nv)
+        return markov.log_partition_lower_bound(self.W.detach(), self.b.detach(), self.c.detach(), starts,
+                                                c.bound_steps, generator)
+
+    def log_partition_estimates(self) -> dict[str, float]:
+        """Cached for the current weights, with generators seeded by config.seed: the AIS estimate of log Z
+        ('ais', its delta-method 'ais_stderr'), the certain lower bound ('bound') and the log Z the
+        likelihood uses ('log_z': the larger of the two, since log Z is at least the bound)."""
         key = [t.detach().clone() for t in (self.W, self.b, self.c, self.base_bias())]
         cache = self._log_z_cache
         if cache is None or any(a.shape != k.shape or a.device != k.device or not torch.equal(a, k)
                                 for a, k in zip(cache[0], key)):
-            log_z, stderr = self.ais_log_partition(generator=torch.Generator().manual_seed(self.config.seed))
-            self._log_z_cache = cache = (key, log_z, stderr)
-        return cache[1], cache[2]
+            ais, stderr = self.ais_log_partition(generator=torch.Generator().manual_seed(self.config.seed))
+            bound = self.log_partition_lower_bound(torch.Generator().manual_seed(self.config.seed))
+            self._log_z_cache = cache = (key, {"ais": ais, "ais_stderr": stderr, "bound": bound,
+                                               "log_z": max(ais, bound)})
+        return dict(cache[1])
+
+    def log_partition(self) -> tuple[float, float]:
+        """(log Z, the AIS standard error): the AIS estimate, raised to the certain lower bound when below it."""
+        est = self.log_partition_estimates()
+        return est["log_z"], est["ais_stderr"]
+
+    def likelihood_notes(self) -> dict[str, float | str]:
+        est = self.log_partition_estimates()
+        notes: dict[str, float | str] = {"log_z_ais": est["ais"], "log_z_ais_stderr": est["ais_stderr"]}
+        if math.isfinite(est["bound"]):
+            notes["log_z_lower_bound"] = est["bound"]
+        if est["bound"] > est["ais"]:
+            notes["likelihood_warning"] = (
+                f"rbm: the AIS estimate of log Z ({est['ais']:.2f}) is {est['bound'] - est['ais']:.2f} nats below a "
+                f"certain lower bound ({est['bound']:.2f}), so the NLL uses the bound and is still optimistic: "
+                f"raise rbm.ais_temperatures")
+        return notes
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        """-F(x) - log Z_AIS per example, in nats (an estimate: see log_partition)."""
+        """-F(x) - log Z per example, in nats, log Z from log_partition (an estimate, never below the bound)."""
         log_z, _ = self.log_partition()
         return (-self.free_energy(x.to(self.device)).double() - log_z).float().cpu()
 

@@ -60,8 +60,9 @@ def family_likelihood(model: models.GenerativeModel, prepared: data.Prepared, ec
     ll = (log_likelihoods(model, test) if isinstance(model, torch.nn.Module) else model.log_likelihood(test)).numpy()
     if not np.isfinite(ll).all():
         raise ValueError(f"{model.name}-{prepared.name}: the test log-likelihood is not finite")
+    notes = model.likelihood_notes() if isinstance(model, models.GenerativeModel) else {}
     return {**likelihood_summary(ll, int(np.prod(prepared.shape)), prepared.kind),
-            "likelihood_method": model.likelihood_method or model.likelihood_kind}
+            "likelihood_method": model.likelihood_method or model.likelihood_kind, **notes}
 
 
 def parzen(samples: np.ndarray, prepared: data.Prepared, ecfg: EvalConfig) -> dict:

@@ -190,34 +190,51 @@ def ais_log_partition(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, base_bi
 def log_partition_lower_bound(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, starts: torch.Tensor,
                               gibbs_steps: int, generator: torch.Generator | None = None,
                               ascent_steps: int = 50) -> float:
-    """A certain lower bound on log Z of the RBM (W, b, c): log sum_{v in S} exp(-F(v)) <= log Z for any
-    set S of distinct visible states, as every term of Z is positive.
+    """A certain lower bound on log Z of the RBM (W, b, c), from the states a search for low free energy finds.
 
-    S is what a search for low free energy finds: block-Gibbs chains at beta = 1 from `starts` (n, nv)
-    for `gibbs_steps` steps, then greedy ascent of -F, v <- 1[b + W sigma(c + v W) > 0] kept only where
-    -F rises, for at most `ascent_steps` rounds; the states at the end of the chains and of the ascent
-    both count. It needs no annealing, so it checks AIS from the other side: an AIS estimate below it is
-    wrong by at least the difference (Salakhutdinov & Murray's estimate is biased low when the chains
-    miss a mode, and its standard error cannot show that). Chains run in W's dtype, -F in float64.
+    Z = sum_v exp(-F(v)) = sum_h exp(-G(h)), with the hidden free energy G(h) = -c.h - sum_i
+    softplus(b_i + (W h)_i); every term is positive, so the sum over any set of distinct states of one
+    layer is at most Z, and a hidden state's term already sums over every visible state. The bound is
+    the larger of the two sums, over the visible and over the hidden states found: block-Gibbs chains at
+    beta = 1 from `starts` (n, nv) for `gibbs_steps` steps, each chain's lowest-free-energy state of each
+    layer (checked every 10 steps) improved by greedy ascent (v <- 1[b + W sigma(c + v W) > 0], and
+    likewise for h, kept only where the free energy falls) for at most `ascent_steps` rounds; the
+    chains' last states count too. It needs no annealing, so it checks AIS from the other side: an AIS
+    estimate below it is wrong by at least the difference (Salakhutdinov & Murray's estimate is biased
+    low when its chains miss a mode, and its standard error cannot show that). Chains run in W's dtype,
+    free energies in float64.
     """
     if gibbs_steps < 0 or ascent_steps < 0:
         raise ValueError(f"need gibbs_steps >= 0 and ascent_steps >= 0, got {gibbs_steps} and {ascent_steps}")
     W64, b64, c64 = W.double(), b.double(), c.double()
-
-    def neg_free_energy(v: torch.Tensor) -> torch.Tensor:  # (n, nv) -> (n,) float64
-        return -free_energy(v.double(), W64, b64, c64)
-
+    layers = {  # layer -> (-free energy of its states, the greedy proposal from a state)
+        "visible": (lambda v: -free_energy(v.double(), W64, b64, c64),
+                    lambda v: (torch.sigmoid(v @ W + c) @ W.T + b) > 0),
+        "hidden": (lambda h: -free_energy(h.double(), W64.T, c64, b64),
+                   lambda h: (torch.sigmoid(h @ W.T + b) @ W + c) > 0),
+    }
     v = starts.to(W.dtype)  # (n, nv)
-    for _ in range(gibbs_steps):
-        h = bernoulli(torch.sigmoid(v @ W + c), generator)  # (n, nh)
+    h = bernoulli(torch.sigmoid(v @ W + c), generator)  # (n, nh)
+    best = {"visible": (v, layers["visible"][0](v)), "hidden": (h, layers["hidden"][0](h))}
+    for step in range(1, gibbs_steps + 1):
         v = bernoulli(torch.sigmoid(h @ W.T + b), generator)  # (n, nv)
-    found = [v]
-    for _ in range(ascent_steps):
-        proposal = ((torch.sigmoid(v @ W + c) @ W.T + b) > 0).to(W.dtype)  # (n, nv)
-        better = neg_free_energy(proposal) > neg_free_energy(v)  # (n,)
-        if not better.any():
-            break
-        v = torch.where(better.unsqueeze(1), proposal, v)
-    found.append(v)
-    distinct = torch.unique(torch.cat(found), dim=0)  # (m, nv)
-    return torch.logsumexp(neg_free_energy(distinct), 0).item()
+        h = bernoulli(torch.sigmoid(v @ W + c), generator)  # (n, nh)
+        if step % 10 == 0 or step == gibbs_steps:
+            for name, state in (("visible", v), ("hidden", h)):
+                kept, kept_value = best[name]
+                value = layers[name][0](state)
+                better = value > kept_value
+                best[name] = (torch.where(better.unsqueeze(1), state, kept), torch.maximum(value, kept_value))
+    bounds = []
+    for name, last in (("visible", v), ("hidden", h)):
+        neg_free, propose = layers[name]
+        x = best[name][0]
+        for _ in range(ascent_steps):
+            proposal = propose(x).to(W.dtype)
+            better = neg_free(proposal) > neg_free(x)  # (n,)
+            if not better.any():
+                break
+            x = torch.where(better.unsqueeze(1), proposal, x)
+        distinct = torch.unique(torch.cat([last, x]), dim=0)  # (m, units)
+        bounds.append(torch.logsumexp(neg_free(distinct), 0).item())
+    return max(bounds)

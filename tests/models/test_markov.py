@@ -102,6 +102,14 @@ def test_free_energy_bound_is_below_exact_log_z_and_equals_it_over_every_state()
         assert exact - 5.0 < bound <= exact + 1e-9, (bound, exact)  # certain, and the search finds the heavy states
     with pytest.raises(ValueError, match="gibbs_steps >= 0"):
         markov.log_partition_lower_bound(W, b, c, starts, -1)
+    # Many visible units, few hidden ones (exact log Z by the 2^10 hidden states): the hidden states found
+    # carry the bound, a visible search alone would be far below it.
+    wide = random_rbm(300, 10, seed=5, std=0.5)
+    W, b, c = (t.detach().double() for t in (wide.W, wide.b, wide.c))
+    exact = wide.exact_log_partition()
+    starts = torch.bernoulli(torch.full((64, 300), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    bound = markov.log_partition_lower_bound(W, b, c, starts, 50, torch.Generator().manual_seed(0))
+    assert exact - 1.0 < bound <= exact + 1e-9, (bound, exact)
 
 
 def test_rbm_log_z_is_raised_to_the_bound_when_ais_falls_below_it_and_says_so():

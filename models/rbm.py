@@ -47,9 +47,9 @@ and recomputed only when W, b, c or the base rates change.
 NOTE: AIS is unbiased for Z, so log Z_AIS is biased low, and on a PCD-trained RBM whose
 modes the annealing chains miss it can be low by many nats while its standard error looks
 small (2026-12-04, BENCHMARKS.md "The RBM's log Z"). So log Z is also bounded from below
-with certainty (markov.log_partition_lower_bound: the free energies of the distinct states
-that `bound_chains` Gibbs chains, from the fantasy particles and the base rates, and a greedy
-ascent find), and the likelihood uses the larger of the two; `likelihood_notes` reports both
+with certainty (markov.log_partition_lower_bound: the free energies of the distinct visible
+or hidden states that `bound_chains` Gibbs chains, from the fantasy particles and the base
+rates, and a greedy descent of the free energy find), and the likelihood uses the larger of the two; `likelihood_notes` reports both
 and warns when AIS fell below the bound. The result is still an estimate, and optimistic
 wherever both miss mass.
 NOTE: the AIS base-rate model takes its visible biases from the smoothed mean
@@ -303,8 +303,9 @@ class RBM(GenerativeModel):
         if est["bound"] > est["ais"]:
             notes["likelihood_warning"] = (
                 f"rbm: the AIS estimate of log Z ({est['ais']:.2f}) is {est['bound'] - est['ais']:.2f} nats below a "
-                f"certain lower bound ({est['bound']:.2f}), so the NLL uses the bound and is still optimistic: "
-                f"raise rbm.ais_temperatures")
+                f"certain lower bound ({est['bound']:.2f}): its chains missed modes of this model, so the NLL uses the "
+                f"bound and is still optimistic (more rbm.ais_temperatures may not cure it; a lower training lr did, "
+                f"BENCHMARKS.md \"The RBM's log Z\")")
         return notes
 
     @torch.no_grad()

@@ -134,10 +134,14 @@ BINARIZED_MNIST = Table(
               deviation="momentum 0.5 -> 0.9 and weight cost 2e-4 (Hinton's guide); CD-25 from the first step"),
         Entry("VAE, 1 stochastic layer, k=1", 86.76, None, "Burda et al. 2016 (IWAE paper), Table 1", "vae",
               model={"latent_dim": 50, "hidden": 200, "iwae_k": 5000},
+              # cpu: the standard recipe's 100 epochs with KL warm-up: 400 hidden units 89.72 / 89.63 (two seeds),
+              # the paper's 200: 91.09 (BENCHMARKS.md, "Standard budget")
+              cuts={"cpu": {"hidden": 400}},
               evaluate={"cpu": {"likelihood_examples": 1000}},  # 5,000 importance samples each: a seeded subset
               train={"cpu": {"epochs": 100, "steps_per_epoch": 0, "batch_size": 100, "val_examples": 0},
                      "full": {**_FULL_TRAIN, "epochs": 300, "val_examples": 0}},  # no per-epoch IWAE-5000
-              deviation="ReLU hidden units (paper: tanh); 100 (cpu) or 300 (full) epochs instead of 3,280"),
+              deviation="ReLU hidden units (paper: tanh); KL warm-up over the first 10,000 steps; 100 (cpu) or 300 "
+                        "(full) epochs instead of 3,280"),
     ),
 )
 

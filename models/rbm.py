@@ -50,8 +50,9 @@ small (2026-12-04, BENCHMARKS.md "The RBM's log Z"). So log Z is also bounded fr
 with certainty (markov.log_partition_lower_bound: the free energies of the distinct visible
 or hidden states that `bound_chains` Gibbs chains, from the fantasy particles and the base
 rates, and a greedy descent of the free energy find), and the likelihood uses the larger of the two; `likelihood_notes` reports both
-and warns when AIS fell below the bound. The result is still an estimate, and optimistic
-wherever both miss mass.
+and warns when AIS fell below the bound or when its weights rest on fewer than
+MIN_EFFECTIVE_AIS_RUNS effective runs (Kish's R / (1 + R stderr^2)). The result is still an
+estimate, and optimistic wherever both miss mass.
 NOTE: the AIS base-rate model takes its visible biases from the smoothed mean
 of all training batches seen ((sum + 1) / (count + 2), running buffers), or
 zeros with ais_base='zeros' or before any training; any base rate gives an
@@ -75,6 +76,9 @@ import torch.distributed as dist
 
 from models.base import ConfigError, FamilyConfig, GenerativeModel, average_gradients, logit_of_mean
 from models import markov
+
+
+MIN_EFFECTIVE_AIS_RUNS = 10  # below this many effective AIS runs the estimate is flagged (one run dominating: ~1)
 
 
 @dataclasses.dataclass
@@ -296,16 +300,25 @@ class RBM(GenerativeModel):
         return est["log_z"], est["ais_stderr"]
 
     def likelihood_notes(self) -> dict[str, float | str]:
+        """log Z's estimates as eval metrics, and a warning when AIS fell below the floor or rests on a few runs."""
         est = self.log_partition_estimates()
-        notes: dict[str, float | str] = {"log_z_ais": est["ais"], "log_z_ais_stderr": est["ais_stderr"]}
+        runs = self.config.ais_runs
+        effective = runs / (1 + runs * est["ais_stderr"] ** 2)  # AIS runs' effective sample size, from the delta method
+        notes: dict[str, float | str] = {"log_z_ais": est["ais"], "log_z_ais_stderr": est["ais_stderr"],
+                                         "log_z_ais_effective_runs": effective}
         if math.isfinite(est["bound"]):
             notes["log_z_lower_bound"] = est["bound"]
+        problems = []
         if est["bound"] > est["ais"]:
-            notes["likelihood_warning"] = (
-                f"rbm: the AIS estimate of log Z ({est['ais']:.2f}) is {est['bound'] - est['ais']:.2f} nats below a "
-                f"certain lower bound ({est['bound']:.2f}): its chains missed modes of this model, so the NLL uses the "
-                f"bound and is still optimistic (more rbm.ais_temperatures may not cure it; a lower training lr did, "
-                f"BENCHMARKS.md \"The RBM's log Z\")")
+            problems.append(
+                f"the AIS estimate of log Z ({est['ais']:.2f}) is {est['bound'] - est['ais']:.2f} nats below a certain "
+                f"lower bound ({est['bound']:.2f}): its chains missed modes of this model, so the NLL uses the bound and "
+                f"is still optimistic (more rbm.ais_temperatures may not cure it; a lower training lr did, BENCHMARKS.md "
+                f"\"The RBM's log Z\")")
+        if effective < MIN_EFFECTIVE_AIS_RUNS:
+            problems.append(f"the AIS weights rest on about {effective:.1f} of {runs} runs, so log Z may be far too low")
+        if problems:
+            notes["likelihood_warning"] = "rbm: " + "; ".join(problems)
         return notes
 
     @torch.no_grad()

@@ -125,9 +125,11 @@ def test_rbm_log_z_is_raised_to_the_bound_when_ais_falls_below_it_and_says_so():
     notes = model.likelihood_notes()
     assert notes["log_z_ais"] == est["ais"] and notes["log_z_lower_bound"] == est["bound"]
     assert "below a certain lower bound" in notes["likelihood_warning"]
+    assert "rest on about" in notes["likelihood_warning"] and notes["log_z_ais_effective_runs"] < 2  # 2 runs, one counts
     # A good AIS estimate stands (it is above the bound) and no warning is raised; the bound can be turned off.
     good = random_rbm(12, 8, seed=2, std=1.0, ais_runs=100, ais_temperatures=1000)
     assert good.log_partition()[0] == good.log_partition_estimates()["ais"] and "likelihood_warning" not in good.likelihood_notes()
+    assert good.likelihood_notes()["log_z_ais_effective_runs"] > 50
     off = random_rbm(12, 8, seed=4, std=2.0, ais_runs=2, ais_temperatures=1, bound_steps=0)
     assert off.log_partition()[0] == off.log_partition_estimates()["ais"] and "log_z_lower_bound" not in off.likelihood_notes()
     with pytest.raises(ConfigError, match="bound_chains and bound_steps"):

@@ -228,13 +228,14 @@ def log_partition_lower_bound(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
     bounds = []
     for name, last in (("visible", v), ("hidden", h)):
         neg_free, propose = layers[name]
-        x = best[name][0]
+        x, value = best[name]
         for _ in range(ascent_steps):
             proposal = propose(x).to(W.dtype)
-            better = neg_free(proposal) > neg_free(x)  # (n,)
+            proposed = neg_free(proposal)
+            better = proposed > value  # (n,)
             if not better.any():
                 break
-            x = torch.where(better.unsqueeze(1), proposal, x)
+            x, value = torch.where(better.unsqueeze(1), proposal, x), torch.maximum(proposed, value)
         distinct = torch.unique(torch.cat([last, x]), dim=0)  # (m, units)
         bounds.append(torch.logsumexp(neg_free(distinct), 0).item())
     return max(bounds)

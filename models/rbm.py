@@ -265,20 +265,23 @@ class RBM(GenerativeModel):
         return markov.ais_log_partition(self.W.detach(), self.b.detach(), self.c.detach(), self.base_bias(),
                                         betas, c.ais_runs if runs is None else runs, generator)
 
-    def log_partition_lower_bound(self, generator: torch.Generator | None = None) -> float:
-        """A certain lower bound on log Z (markov.log_partition_lower_bound), from `bound_chains` chains:
-        the PCD fantasy particles first (they sit where the model puts its mass), then base-rate draws;
-        -inf when the config turns it off."""
+    def log_partition_lower_bound(self, generator: torch.Generator | None = None, chains: int | None = None,
+                                  steps: int | None = None) -> float:
+        """A certain lower bound on log Z (markov.log_partition_lower_bound), from `chains` chains of `steps`
+        Gibbs steps (defaults: bound_chains, bound_steps): the PCD fantasy particles first (they sit where the
+        model puts its mass), then base-rate draws; -inf when either is 0."""
         c = self.config
-        if c.bound_chains == 0 or c.bound_steps == 0:
+        chains = c.bound_chains if chains is None else chains
+        steps = c.bound_steps if steps is None else steps
+        if chains == 0 or steps == 0:
             return -math.inf
-        starts = self.particles[:c.bound_chains]
-        extra = c.bound_chains - len(starts)
+        starts = self.particles[:chains]
+        extra = chains - len(starts)
         if extra:
             probs = torch.sigmoid(self.base_bias()).expand(extra, -1).to(self.device, self.W.dtype)
             starts = torch.cat([starts.to(self.W.dtype), markov.bernoulli(probs, generator)])  # (bound_chains, nv)
         return markov.log_partition_lower_bound(self.W.detach(), self.b.detach(), self.c.detach(), starts,
-                                                c.bound_steps, generator)
+                                                steps, generator)
 
     def log_partition_estimates(self) -> dict[str, float]:
         """Cached for the current weights, with generators seeded by config.seed: the AIS estimate of log Z

@@ -74,15 +74,27 @@ def _check(kernel: int, mask_type: str) -> None:
 
 
 class MaskedConv2d(nn.Conv2d):
-    """Same-size convolution whose (kh, kw) kernel is multiplied by a registered mask buffer."""
+    """Same-size convolution whose (kh, kw) kernel is multiplied by a registered mask buffer.
+
+    The forward pass convolves with the smallest window that holds the mask's nonzero taps (a
+    vertical 'B' 3x3 mask keeps 2 rows of 3, a horizontal 'B' 1x3 one 2 columns of 3) over an input
+    padded to match, so the masked-out taps cost nothing: the same output as the full kernel with
+    same-size padding, to float rounding, and the same parameter shape (checkpoints load as before).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, mask: torch.Tensor):
         kh, kw = mask.shape
         super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2))
         self.register_buffer("mask", mask.to(self.weight.dtype)[None, None])  # (1, 1, kh, kw), as MaskedLinear
+        rows, cols = mask.nonzero(as_tuple=True)
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+        self.window = (slice(r0, r1 + 1), slice(c0, c1 + 1))
+        ph, pw = kh // 2, kw // 2
+        self.window_padding = (pw - c0, c1 - pw, ph - r0, r1 - ph)  # F.pad's (left, right, top, bottom); < 0 crops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)  # (n, out, H, W)
+        w = (self.weight * self.mask)[(..., *self.window)]  # (out, in, rows, cols) of the nonzero taps
+        return F.conv2d(F.pad(x, self.window_padding), w, self.bias)  # (n, out, H, W)
 
 
 def categorical_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

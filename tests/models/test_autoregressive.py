@@ -153,6 +153,27 @@ def test_pixelcnn_receptive_field_has_no_blind_spot():
     assert deps[3, 3] and deps[4, 2] and deps[3, 4] and deps[1, 6]  # above, left, up-right, far up-right
 
 
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+@pytest.mark.parametrize("stack", ["vertical", "horizontal"])
+def test_masked_conv_window_equals_the_full_masked_kernel(kernel, mask_type, stack):
+    # MaskedConv2d convolves with the nonzero taps' window only; output and gradients must be those
+    # of the full (k, k) kernel times its mask with same-size padding.
+    from models.masked import MaskedConv2d, horizontal_mask, vertical_mask
+    torch.manual_seed(kernel)
+    mask = (vertical_mask if stack == "vertical" else horizontal_mask)(kernel, mask_type)
+    conv = MaskedConv2d(3, 5, mask)
+    x = torch.randn(2, 3, 8, 9, requires_grad=True)
+    full = torch.nn.functional.conv2d(x, conv.weight * conv.mask, conv.bias, padding=conv.padding)
+    out = conv(x)
+    assert out.shape == full.shape == (2, 5, 8, 9)
+    torch.testing.assert_close(out, full)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), [x, conv.weight]),
+                    torch.autograd.grad(full.square().sum(), [x, conv.weight])):
+        torch.testing.assert_close(a, b)
+    assert conv.weight.shape == (5, 3, *mask.shape)  # checkpoints keep their shape
+
+
 # -- samplers -------------------------------------------------------------------
 def empirical_total_variation(model, shape, levels, n=20000) -> float:
     configs = all_configurations(shape, levels)

@@ -29,6 +29,7 @@ PRESETS: tuple[str, ...] = get_args(Preset)
 # Kinds of data a recipe is written for (`recipe_kind` says which one a dataset is).
 RECIPE_KINDS = ("points", "binary", "small_image", "grey_image", "color_image")
 SCHEDULES = ("constant", "cosine", "step")
+PRECISIONS = ("fp32", "bf16")  # train.precision: float32 throughout, or the training step autocast to bfloat16
 FID_NETWORKS = ("evaluator", "inception")  # evaluate.fid_network: the dataset's own CNN (default), or also Inception-v3
 MAX_SEED = 2 ** 32 - 1  # numpy's seeds are 0..2**32-1
 
@@ -76,6 +77,9 @@ class TrainConfig(_Strict):
     ema: float = 0.0  # decay of an exponential moving average of the weights sampled from (0: off)
     clip_grad: float = 0.0  # max global gradient norm per optimiser step (0: no clipping)
     init_from_data: bool = True  # output/visible biases start at the logit of the training mean
+    # 'bf16': the training step's forward pass autocast to bfloat16 (weights, optimiser, gradients' accumulation
+    # and every evaluation stay float32); on a CPU only where it has native bfloat16 (AVX512-BF16 or AMX), else fp32
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.use_gpu, bool):
@@ -102,6 +106,8 @@ class TrainConfig(_Strict):
             raise ConfigError(f"train.ema must be in [0, 1), got {self.ema}")
         if self.clip_grad < 0:
             raise ConfigError(f"train.clip_grad must not be negative, got {self.clip_grad}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_seed("train.seed", self.seed)
 
 

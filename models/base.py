@@ -228,7 +228,8 @@ class GenerativeModel(nn.Module):
     def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """zero_grad, backward, average over workers, step."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.autocast(loss.device.type, enabled=False):  # a bf16 training step's backward (train.precision)
+            loss.float().backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         average_gradients(params)
         if self.grad_clip > 0:

@@ -323,7 +323,8 @@ def run(table: Table, budget: str, root: Path, pipeline, retrain: bool = False, 
             from tasks.schema import ModelResult
 
             row = out.rows[0] if out.rows else ModelResult(e.family, table.dataset_of(e), reason="no training ran")
-            results.append({"entry": e.label, "family": e.family, "model": model, "train": train,
+            results.append({"entry": e.label, "family": e.family, "model": model,
+                            "train": _resolved_train(root, table.dataset_of(e), e.family, budget, train, model),
                             "evaluate": {**table.evaluate.get(budget, {}), **evaluate},
                             "status": row.get("status"), "reason": row.get("reason", ""),
                             "value": row.get(table.metric), "stderr": row.get(f"{table.metric}_stderr"),
@@ -339,6 +340,21 @@ def run(table: Table, budget: str, root: Path, pipeline, retrain: bool = False, 
     return results
 
 
+def _resolved_train(root: Path, dataset: str, family: str, budget: str, train: dict, model: dict) -> dict:
+    """The train settings the row's training got: the budget's, the family's recipe for the dataset's kind of
+    data, then the row's own (a row may leave them all to the recipe)."""
+    from data.prepared import DataError, read_manifest
+    from genzoo.config import load_params, recipe_kind
+
+    try:
+        manifest = read_manifest(root / "data" / "prepared" / dataset)
+    except DataError:  # not prepared under its own name: the row's settings are all the report can say
+        return dict(train)
+    recipe = load_params(root / "params.yaml").resolve(
+        family, recipe_kind(manifest["shape"], manifest["kind"]), PRESET_OF_BUDGET.get(budget, budget), train, model)
+    return recipe.train.to_dict()
+
+
 def _num(v: float | None, stderr: float | None = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -349,7 +365,8 @@ def _protocol(e: Entry, r: dict[str, Any], table: Table) -> str:
     train = r["train"]
     steps = "full passes" if not train.get("steps_per_epoch") else f"x {train['steps_per_epoch']} steps"
     settings = ", ".join(f"{k}={v}" for k, v in r["model"].items())
-    return (f"{e.family} ({settings}); {train.get('epochs')} epochs {steps}, batch {train.get('batch_size')}"
+    precision = ", bfloat16" if train.get("precision") == "bf16" else ""
+    return (f"{e.family} ({settings}); {train.get('epochs')} epochs {steps}, batch {train.get('batch_size')}{precision}"
             + (f"; {r['likelihood_method']}" if r.get("likelihood_method") and table.metric == "test_nll" else "")
             + (f" on {r['evaluate'].get('likelihood_examples') or 'all'} test images"
                if table.metric == "test_nll" else "")

@@ -55,7 +55,7 @@ def step_autocast(cfg: TrainConfig, device: torch.device, log: Callable[[str], N
     NOTE: bfloat16 keeps float32's range with 8 bits of mantissa. Only the forward pass runs in it (autocast
     casts the inputs of matmuls and convolutions); the weights, their gradients, Adam's moments and every
     likelihood the evaluation reports stay float32. On this machine's AMX cores it made a gated PixelCNN's
-    training step 1.9x (32 channels) to 3x (64 channels) faster (BENCHMARKS.md, "PixelCNN at standard")."""
+    training step 1.5x (16 channels) to 2.5x (64 channels) faster on 2 threads (BENCHMARKS.md, "PixelCNN at standard")."""
     enabled = cfg.precision == "bf16" and native_bfloat16(device)
     if cfg.precision == "bf16" and not enabled:
         log(f"train.precision is bf16, but this {device.type} has no native bfloat16: training in float32")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 
 from genzoo import reproduce
@@ -102,3 +103,23 @@ def test_parzen_cpu_protocol_is_the_papers_whatever_the_load():
         assert train["epochs"] * train["steps_per_epoch"] == steps and train["batch_size"] == 100, (label, train)
     model, _, _ = rows["Adversarial nets"].settings("cpu")
     assert model["players"] == "mlp" and model["hidden"] == 1200 and model["latent_dim"] == 100
+
+
+def test_protocol_states_the_recipes_train_settings_when_a_row_leaves_them_to_it(tmp_path):
+    # The PixelCNN row's cpu budget sets no train values of its own: the report must say what the recipe gave it.
+    import shutil
+
+    from genzoo.config import load_params
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    folder = tmp_path / "data" / "prepared" / "binarized-mnist"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"shape": [1, 28, 28], "kind": "binary", "levels": 2}))
+    entry = next(e for e in reproduce.BINARIZED_MNIST.entries if e.family == "pixelcnn")
+    model, train, _ = entry.settings("cpu")
+    assert not train  # the row leaves them to the recipe
+    resolved = reproduce._resolved_train(tmp_path, "binarized-mnist", "pixelcnn", "cpu", train, model)
+    assert resolved == load_params(tmp_path / "params.yaml").resolve("pixelcnn", "binary", "standard").train.to_dict()
+    text = reproduce._protocol(entry, {"train": resolved, "model": model, "evaluate": {}}, reproduce.BINARIZED_MNIST)
+    assert "None" not in text and f"{resolved['epochs']} epochs x {resolved['steps_per_epoch']} steps" in text

@@ -93,7 +93,7 @@ class MaskedConv2d(nn.Conv2d):
         self.window_padding = (pw - c0, c1 - pw, ph - r0, r1 - ph)  # F.pad's (left, right, top, bottom); < 0 crops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = (self.weight * self.mask)[(..., *self.window)]  # (out, in, rows, cols) of the nonzero taps
+        w = self.weight[(..., *self.window)] * self.mask[(..., *self.window)]  # (out, in, rows, cols): nonzero taps
         return F.conv2d(F.pad(x, self.window_padding), w, self.bias)  # (n, out, H, W)
 
 

@@ -80,6 +80,9 @@ class TrainConfig(_Strict):
     # 'bf16': the training step's forward pass autocast to bfloat16 (weights, optimiser, gradients' accumulation
     # and every evaluation stay float32); on a CPU only where it has native bfloat16 (AVX512-BF16 or AMX), else fp32
     precision: str = "fp32"
+    # a wall-time budget of the optimisation steps (0: none): after the first steps' timing, steps_per_epoch (or the
+    # full pass) shrinks to what fits, so a budget holds on slower machines too; the run logs the steps it used
+    budget_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.use_gpu, bool):
@@ -106,6 +109,8 @@ class TrainConfig(_Strict):
             raise ConfigError(f"train.ema must be in [0, 1), got {self.ema}")
         if self.clip_grad < 0:
             raise ConfigError(f"train.clip_grad must not be negative, got {self.clip_grad}")
+        if self.budget_seconds < 0:
+            raise ConfigError(f"train.budget_seconds must not be negative, got {self.budget_seconds}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_seed("train.seed", self.seed)

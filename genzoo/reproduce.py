@@ -331,6 +331,7 @@ def run(table: Table, budget: str, root: Path, pipeline, retrain: bool = False, 
                             "values": {c.key: row.get(c.key) for c in table.columns}, "dataset": table.dataset_of(e),
                             "likelihood_method": row.get("likelihood_method"), "run_id": row.get("run_id"),
                             "pipeline_run": out.run_name, "train_seconds": row.get("train_seconds"),
+                            "train_steps": row.get("train_steps"), "bfloat16": row.get("bfloat16"),
                             "seconds": time.perf_counter() - t0})
     finally:
         if owns_ray:
@@ -364,8 +365,14 @@ def _num(v: float | None, stderr: float | None = None) -> str:
 def _protocol(e: Entry, r: dict[str, Any], table: Table) -> str:
     train = r["train"]
     steps = "full passes" if not train.get("steps_per_epoch") else f"x {train['steps_per_epoch']} steps"
+    if train.get("budget_seconds"):  # the steps that fitted the time budget on the machine that ran it
+        ran = f"{r['train_steps']:,} steps in all" if r.get("train_steps") else "its steps not recorded"
+        steps = f"{steps} at most, cut to a {train['budget_seconds']:g} s budget: {ran}"
     settings = ", ".join(f"{k}={v}" for k, v in r["model"].items())
-    precision = ", bfloat16" if train.get("precision") == "bf16" else ""
+    if train.get("precision") == "bf16":  # what the machine did: bfloat16 where it has it natively, else float32
+        precision = ", bfloat16" if r.get("bfloat16", True) else ", float32 (asked bfloat16; no native bfloat16 here)"
+    else:
+        precision = ""
     return (f"{e.family} ({settings}); {train.get('epochs')} epochs {steps}, batch {train.get('batch_size')}{precision}"
             + (f"; {r['likelihood_method']}" if r.get("likelihood_method") and table.metric == "test_nll" else "")
             + (f" on {r['evaluate'].get('likelihood_examples') or 'all'} test images"

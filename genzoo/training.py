@@ -48,6 +48,11 @@ def native_bfloat16(device: torch.device) -> bool:
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def trains_in_bfloat16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a training with `cfg` on `device` runs its forward passes in bfloat16 (see step_autocast)."""
+    return cfg.precision == "bf16" and native_bfloat16(device)
+
+
 def step_autocast(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = print) -> torch.autocast:
     """The autocast context of each training step: bfloat16 when cfg.precision is 'bf16' and `device` has it
     natively, else disabled (float32), said once in the log.
@@ -56,10 +61,21 @@ def step_autocast(cfg: TrainConfig, device: torch.device, log: Callable[[str], N
     casts the inputs of matmuls and convolutions); the weights, their gradients, Adam's moments and every
     likelihood the evaluation reports stay float32. On this machine's AMX cores it made a gated PixelCNN's
     training step 1.5x (16 channels) to 2.5x (64 channels) faster on 2 threads (BENCHMARKS.md, "PixelCNN at standard")."""
-    enabled = cfg.precision == "bf16" and native_bfloat16(device)
+    enabled = trains_in_bfloat16(cfg, device)
     if cfg.precision == "bf16" and not enabled:
         log(f"train.precision is bf16, but this {device.type} has no native bfloat16: training in float32")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+BUDGET_WARMUP_STEPS = 2  # train.budget_seconds: steps run before the timing starts (allocations, caches) ...
+BUDGET_TIMED_STEPS = 10  # ... and steps timed to fit steps_per_epoch to the budget
+
+
+def steps_within_budget(cfg: TrainConfig, steps: int, seconds_per_step: float) -> int:
+    """Steps per epoch for cfg.epochs epochs of `seconds_per_step` each to fit cfg.budget_seconds: at most `steps`
+    (the configured ones), at least those the timing has run."""
+    fitting = int(cfg.budget_seconds / (cfg.epochs * max(seconds_per_step, 1e-9)))
+    return max(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS, min(steps, fitting))
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -123,6 +139,14 @@ def _mean_over_workers(values: dict[str, float], device: torch.device) -> dict[s
     return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
 
+def _max_over_workers(value: float, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def _as_float(v: Any) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -158,6 +182,7 @@ def fit(
     if resume is None and cfg.init_from_data:
         model.init_from_data(train)  # the same data on every worker: the same biases
     optimizers = model.configure_optimizers()
+    # the lambdas read `total` and `steps` when called: a time budget (below) may shrink both after the first steps
     schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(cfg, s, total, steps))
                   for k, o in optimizers.items()}
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
@@ -177,6 +202,8 @@ def fit(
         if average is not None and resume.get("ema") is not None:
             average.shadow = resume["ema"]
         best = resume.get("best", best)
+        steps = resume.get("steps_per_epoch", steps)  # as a time budget fitted them before the failure
+        total = steps * cfg.epochs
         start, history = resume["epoch"], list(resume["history"])
         resumed_from = list(resume.get("resumed_from", [])) + [start]
         log(f"resuming from the checkpoint of epoch {start}")
@@ -190,6 +217,9 @@ def fit(
             return best["weights"]
         return average.shadow if average is not None else model.state_dict()
 
+    timed = BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS
+    fit_to_budget = cfg.budget_seconds > 0 and start == 0 and steps > timed
+    bf16 = float(trains_in_bfloat16(cfg, device))
     stopped = False
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -199,7 +229,10 @@ def fit(
         model.step_generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7919)
         model.train()
         sums: dict[str, Any] = {}
-        for step in range(steps):
+        step = 0
+        while step < steps:
+            if fit_to_budget and step == BUDGET_WARMUP_STEPS:
+                t_timed = _synchronized_clock(device)
             start_idx = (step * cfg.batch_size) % max(1, n - cfg.batch_size + 1)
             idx = order[start_idx:start_idx + cfg.batch_size][rank::world_size][:per_worker]
             with autocast:  # the forward pass; GenerativeModel.optimize leaves it for the backward pass
@@ -210,6 +243,15 @@ def fit(
                 average.update(model)
             for k, v in metrics.items():  # floats or 0-d tensors, kept where they are until the epoch ends
                 sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+            step += 1
+            if fit_to_budget and step == timed:  # once, in the first epoch: fit the steps to the budget
+                fit_to_budget = False
+                per_step = _max_over_workers((_synchronized_clock(device) - t_timed) / BUDGET_TIMED_STEPS, device)
+                configured, steps = steps, steps_within_budget(cfg, steps, per_step)
+                total = steps * cfg.epochs
+                if rank == 0:
+                    log(f"{model.name}: {1000 * per_step:.0f} ms per step, so a {cfg.budget_seconds:g} s budget over "
+                        f"{cfg.epochs} epochs holds {steps} steps per epoch (of {configured})")
         epoch_metrics = {k: _as_float(v) / steps for k, v in sums.items()}
         bad = [k for k, v in epoch_metrics.items() if not math.isfinite(v)]
         if bad:
@@ -217,6 +259,7 @@ def fit(
         epoch_metrics = _mean_over_workers(epoch_metrics, device)
         epoch_metrics["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
         epoch_metrics["steps"] = float(steps * (epoch + 1))
+        epoch_metrics["bfloat16"] = bf16  # 1: the forward passes ran in bfloat16 (train.precision bf16, natively)
         if has_val:
             live = None
             if average is not None:  # validate the weights that would be served
@@ -234,7 +277,7 @@ def fit(
         epoch_metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, **epoch_metrics})
         if rank == 0:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k not in ("steps",))
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k not in ("steps", "bfloat16"))
             log(f"{model.name} epoch {epoch + 1}/{cfg.epochs}: {shown}")
             if stopped:
                 log(f"{model.name}: no better validation NLL for {cfg.patience} epochs, stopping early; "
@@ -242,7 +285,8 @@ def fit(
         if on_epoch_end is not None:
             extra = {"schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                      "ema": average.shadow if average is not None else None, "best": best,
-                     "stopped_early": stopped, "finished": stopped or epoch + 1 == cfg.epochs}
+                     "stopped_early": stopped, "finished": stopped or epoch + 1 == cfg.epochs,
+                     "steps_per_epoch": steps}
             on_epoch_end(epoch + 1, epoch_metrics,
                          training_state(model, optimizers, epoch + 1, history, resumed_from, serve=serving_weights(),
                                         extra=extra))
@@ -250,6 +294,13 @@ def fit(
             break
     model.load_state_dict(serving_weights())
     return history
+
+
+def _synchronized_clock(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @torch.no_grad()

@@ -75,6 +75,7 @@ def _train_evaluate_register(req: ModelRequest, ctx: RunContext, run, key: str, 
         admission.cancel(queue_key(ctx, req.name))
     result.ended_at = time.time()
     result.train_seconds, result.resumed_from = trained.train_seconds, trained.resumed_from
+    result.train_steps, result.bfloat16 = trained.train_steps, trained.bfloat16
     result.ray_run, result.reused_from = trained.ray_run, trained.reused_from
     if trained.status != "FINISHED":
         result.reason = trained.reason

@@ -81,6 +81,8 @@ class ModelResult:
     run_id: str = ""
     branch: str = ""
     train_seconds: float = math.nan
+    train_steps: int = 0  # optimiser steps the training ran
+    bfloat16: bool = False  # its forward passes ran in bfloat16
     resumed_from: list[int] = dataclasses.field(default_factory=list)
     ray_run: str = ""
     reused_from: str | None = None
@@ -137,7 +139,8 @@ class ModelResult:
         resumed = tags.get(Tag.RESUMED_FROM, "")
         return cls(family=tags.get(Tag.FAMILY, ""), dataset=tags.get(Tag.DATASET, ""), status=run.info.status,
                    reason=tags.get(Tag.FAILURE, ""), run_id=run.info.run_id, branch=tags.get(Tag.BRANCH, ""),
-                   train_seconds=metrics.get("train_seconds", math.nan),
+                   train_seconds=metrics.get("train_seconds", math.nan), train_steps=int(metrics.get("steps", 0)),
+                   bfloat16=bool(metrics.get("bfloat16", 0)),
                    resumed_from=[int(x) for x in resumed.split(",") if x], ray_run=tags.get(Tag.RAY_RUN, ""),
                    reused_from=tags.get(Tag.REUSED_FROM), registered=tags.get(Tag.REGISTERED), metrics=values)
 

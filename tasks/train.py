@@ -43,6 +43,8 @@ class Trained:
     reason: str = ""
     model_path: str | None = None
     train_seconds: float = float("nan")
+    train_steps: int = 0  # optimiser steps run (a train.budget_seconds may have cut them)
+    bfloat16: bool = False  # whether its forward passes ran in bfloat16
     resumed_from: list[int] = dataclasses.field(default_factory=list)
     ray_run: str = ""
     reused_from: str | None = None
@@ -154,8 +156,10 @@ def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trai
     resumed = (outcome.state or {}).get("resumed_from", [])
     if resumed:
         run.tag(Tag.RESUMED_FROM, ",".join(map(str, resumed)))
+    last = outcome.history[-1] if outcome.history else {}
     trained = Trained(outcome.status, outcome.reason, train_seconds=outcome.seconds, resumed_from=resumed,
-                      ray_run=outcome.ray_run)
+                      ray_run=outcome.ray_run, train_steps=int(last.get("steps", 0)),
+                      bfloat16=bool(last.get("bfloat16", 0)))
     if outcome.status != "FINISHED":
         return trained
     import models
@@ -220,7 +224,8 @@ def _reuse(prior, run: TrackedRun, model_path: Path) -> Trained:
     run.tag(Tag.REUSED_FROM, prior.info.run_id)
     mark_trained(run, model_path)
     return Trained("FINISHED", train_seconds=prior.data.metrics.get("train_seconds", float("nan")),
-                   reused_from=prior.info.run_id, already_registered=registered_version(prior),
+                   train_steps=int(prior.data.metrics.get("steps", 0)),
+                   bfloat16=bool(prior.data.metrics.get("bfloat16", 0)), reused_from=prior.info.run_id, already_registered=registered_version(prior),
                    model_path=str(model_path))
 
 

@@ -324,3 +324,36 @@ def test_bf16_precision_autocasts_the_forward_pass_and_keeps_float32_weights():
     after = model.log_likelihood(data)
     assert after.dtype == torch.float32
     assert -after.mean().item() < before - 1.0  # it learnt: the NLL fell by more than a nat per image
+
+
+def test_a_time_budget_fits_the_steps_per_epoch_and_the_schedule_to_it():
+    """train.budget_seconds: after the first steps' timing, steps_per_epoch shrinks to what fits the budget (never
+    below the steps already run), the cosine schedule still ends at its floor, and a resumed run keeps the steps."""
+    from genzoo.training import BUDGET_TIMED_STEPS, BUDGET_WARMUP_STEPS, steps_within_budget
+
+    timed = BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS
+    tight = TrainConfig(epochs=3, steps_per_epoch=40, budget_seconds=2.0)
+    assert steps_within_budget(tight, 40, 0.05) == 13  # 2 s / (3 epochs x 50 ms)
+    assert steps_within_budget(tight, 40, 10.0) == timed  # the timed steps have run already
+    assert steps_within_budget(tight, 40, 1e-6) == 40  # a budget never adds steps
+
+    train = _binary(512)
+    cfg = TrainConfig(epochs=3, batch_size=32, steps_per_epoch=40, schedule="cosine", min_lr_ratio=0.1,
+                      val_examples=0, budget_seconds=1e-6)  # no step fits: the epochs keep the timed steps only
+    lines, states = [], []
+    history = fit(_made(lr=0.01), train, cfg, log=lines.append,
+                  on_epoch_end=lambda e, m, s: states.append(copy.deepcopy(s)))
+    assert [h["steps"] for h in history] == [timed, 2 * timed, 3 * timed]
+    assert history[-1]["lr"] == pytest.approx(0.1 * 0.01)  # the schedule ran over the fitted steps
+    assert any(f"holds {timed} steps per epoch (of 40)" in line for line in lines)
+    resumed = fit(_made(lr=0.01), train, cfg, resume=states[0], log=lambda m: None)
+    assert [h["steps"] for h in resumed] == [timed, 2 * timed, 3 * timed]
+
+    roomy = fit(_made(lr=0.01), train, TrainConfig(**{**cfg.to_dict(), "budget_seconds": 1e6}), log=lambda m: None)
+    assert [h["steps"] for h in roomy] == [40, 80, 120]
+    assert all(h["bfloat16"] == 0.0 for h in roomy)  # fp32 asked: it says so
+
+
+def test_a_negative_time_budget_is_rejected():
+    with pytest.raises(ConfigError, match="budget_seconds"):
+        TrainConfig(budget_seconds=-1)

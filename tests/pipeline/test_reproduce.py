@@ -123,3 +123,8 @@ def test_protocol_states_the_recipes_train_settings_when_a_row_leaves_them_to_it
     assert resolved == load_params(tmp_path / "params.yaml").resolve("pixelcnn", "binary", "standard").train.to_dict()
     text = reproduce._protocol(entry, {"train": resolved, "model": model, "evaluate": {}}, reproduce.BINARIZED_MNIST)
     assert "None" not in text and f"{resolved['epochs']} epochs x {resolved['steps_per_epoch']} steps" in text
+    # ... and what the machine that ran it made of the recipe: the steps its time budget held, the precision it had
+    ran = reproduce._protocol(entry, {"train": resolved, "model": model, "evaluate": {}, "train_steps": 1260,
+                                      "bfloat16": False}, reproduce.BINARIZED_MNIST)
+    assert f"cut to a {resolved['budget_seconds']:g} s budget: 1,260 steps in all" in ran
+    assert "float32 (asked bfloat16" in ran and ", bfloat16" not in ran

@@ -127,7 +127,7 @@ BINARIZED_MNIST = Table(
               cuts={"cpu": {"layers": 6}},
               train={"full": _FULL_TRAIN},
               deviation="genzoo's gated PixelCNN (van den Oord et al. 2016b blocks), its own width and depth; "
-                        "cpu: 6 layers, trained in bfloat16"),
+                        "cpu: 6 layers, in bfloat16 where the CPU has it natively"),
         Entry("RBM, 500 hidden, CD-25", 86.34, None, "Salakhutdinov & Murray 2008, Table 2 (AIS estimate)", "rbm",
               model={"hidden": 500, "k": 25, "persistent": False, "ais_runs": 100, "ais_temperatures": 14500,
                      "ais_schedule": "piecewise"},

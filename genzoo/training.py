@@ -168,6 +168,9 @@ def fit(
     weights to serve: the best on validation (likelihood families, cfg.restore_best), else the moving
     average (cfg.ema > 0), else the last ones.
 
+    With cfg.budget_seconds, the first epoch times its first steps and cuts steps_per_epoch to what
+    fits the budget on this machine (`steps_within_budget`); the history's `steps` say what ran.
+
     Every worker sees the same shuffled order (seeded by epoch) and takes its
     own stride of each global batch, so N workers with batch B/N each make the
     same steps as one worker with batch B.

@@ -17,7 +17,7 @@ from pathlib import Path
 from tasks.ray_job import PROGRESS
 
 EVERY = 5.0  # seconds between two epoch lines of one training
-SKIP = {"epoch", "epochs", "elapsed", "lr", "steps", "mask", "epoch_seconds"}
+SKIP = {"epoch", "epochs", "elapsed", "lr", "steps", "mask", "epoch_seconds", "bfloat16"}
 
 
 def say(message: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -68,6 +69,12 @@ class RunContext:
     register: bool = True
     reuse: bool = True
     fail_once_at_epoch: int | None = None
+
+
+def training_facts(metrics: Mapping[str, float]) -> dict[str, Any]:
+    """What a training ran, from its metrics (an epoch row of `fit`'s history, or a run's latest metrics):
+    the optimiser steps (`steps`) and whether its forward passes ran in bfloat16 (`bfloat16`)."""
+    return {"train_steps": int(metrics.get("steps", 0)), "bfloat16": bool(metrics.get("bfloat16", 0))}
 
 
 @dataclasses.dataclass
@@ -139,8 +146,7 @@ class ModelResult:
         resumed = tags.get(Tag.RESUMED_FROM, "")
         return cls(family=tags.get(Tag.FAMILY, ""), dataset=tags.get(Tag.DATASET, ""), status=run.info.status,
                    reason=tags.get(Tag.FAILURE, ""), run_id=run.info.run_id, branch=tags.get(Tag.BRANCH, ""),
-                   train_seconds=metrics.get("train_seconds", math.nan), train_steps=int(metrics.get("steps", 0)),
-                   bfloat16=bool(metrics.get("bfloat16", 0)),
+                   train_seconds=metrics.get("train_seconds", math.nan), **training_facts(metrics),
                    resumed_from=[int(x) for x in resumed.split(",") if x], ray_run=tags.get(Tag.RAY_RUN, ""),
                    reused_from=tags.get(Tag.REUSED_FROM), registered=tags.get(Tag.REGISTERED), metrics=values)
 

@@ -27,7 +27,7 @@ from data.sources import sha256_file
 from tasks import progress
 from tasks.plan import queue_key
 from tasks.ray_job import drop_checkpoint, ray_storage, run_training
-from tasks.schema import ModelRequest, RunContext, Tag
+from tasks.schema import ModelRequest, RunContext, Tag, training_facts
 from tasks.tracking import TrackedRun, client, flatten
 
 WEIGHTS = "model.pt"
@@ -156,10 +156,8 @@ def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trai
     resumed = (outcome.state or {}).get("resumed_from", [])
     if resumed:
         run.tag(Tag.RESUMED_FROM, ",".join(map(str, resumed)))
-    last = outcome.history[-1] if outcome.history else {}
     trained = Trained(outcome.status, outcome.reason, train_seconds=outcome.seconds, resumed_from=resumed,
-                      ray_run=outcome.ray_run, train_steps=int(last.get("steps", 0)),
-                      bfloat16=bool(last.get("bfloat16", 0)))
+                      ray_run=outcome.ray_run, **training_facts(outcome.history[-1] if outcome.history else {}))
     if outcome.status != "FINISHED":
         return trained
     import models
@@ -224,8 +222,8 @@ def _reuse(prior, run: TrackedRun, model_path: Path) -> Trained:
     run.tag(Tag.REUSED_FROM, prior.info.run_id)
     mark_trained(run, model_path)
     return Trained("FINISHED", train_seconds=prior.data.metrics.get("train_seconds", float("nan")),
-                   train_steps=int(prior.data.metrics.get("steps", 0)),
-                   bfloat16=bool(prior.data.metrics.get("bfloat16", 0)), reused_from=prior.info.run_id, already_registered=registered_version(prior),
+                   **training_facts(prior.data.metrics), reused_from=prior.info.run_id,
+                   already_registered=registered_version(prior),
                    model_path=str(model_path))
 
 

@@ -223,8 +223,9 @@ _FULL_2D = {"epochs": 100, "steps_per_epoch": 0, "batch_size": 100, "schedule": 
             "val_examples": 0, "patience": 0}  # 100 passes over the 20,000 training points (20,000 steps)
 # cpu: half-width players with the R1 penalty at gamma 10 (Mescheder et al. 2018's image setting), 12 x 1,000 steps of
 # batch 64 (cut to standard's 840 s where the machine is slower). Without R1 the discriminator won within an epoch
-# (D(fake) 0.01) and PacDCGAN2 found 393 modes (KL 3.61) in 3,000 steps, the DCGAN 15; with R1 at gamma 1, 902 (0.90); at
-# gamma 10, 960 (0.71); the 12,000 steps through the pipeline: 987 modes, KL 0.47 (BENCHMARKS.md "Stacked MNIST at standard").
+# (D(fake) 0.01) and PacDCGAN2 found 393 modes (KL 3.61) in 3,000 steps, the DCGAN 15; with R1 at gamma 1, 902
+# (0.90); at gamma 10, 960 (0.71); the 12,000 steps through the pipeline: 987 modes, KL 0.47 (BENCHMARKS.md
+# "Stacked MNIST at standard").
 _CPU_STACKED_CUT = {"width": 32, "r1": 10.0}
 _CPU_STACKED = {"epochs": 12, "steps_per_epoch": 1000, "batch_size": 64, "schedule": "constant", "ema": 0.0,
                 "val_examples": 0}

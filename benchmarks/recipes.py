@@ -41,7 +41,8 @@ def prepared_folder(dataset: str) -> Path:
     return folder
 
 
-def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen_n: int = 0) -> dict:
+def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen_n: int = 0,
+          ecfg=None) -> dict:
     import numpy as np
     import torch
 
@@ -71,8 +72,9 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen
         from genzoo.config import EvalConfig
         from genzoo.evaluation.protocol import stacked_modes
 
-        out.update(stacked_modes(x, prepared, str(evaluator.parent), EvalConfig(seed=seed)))
-        x = x[:10000]
+        ecfg = ecfg or EvalConfig(seed=seed)
+        out.update(stacked_modes(x, prepared, str(evaluator.parent), ecfg))
+        x = x[:ecfg.n_image_samples]  # the rest on the image protocol's count, as the pipeline does
     if x.ndim == 4 and evaluator.exists():
         from genzoo.evaluation import networks, quality
         from genzoo.evaluation.networks import extract_features, predict_logits
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", type=int, default=0,
-                   help="samples to score (default: 2,500 points, 10,000 images, 26,000 on Stacked MNIST)")
+                   help="samples to score (default: params.yaml `evaluate`: 2,500 points, 10,000 images, 26,000 on Stacked MNIST)")
     p.add_argument("--test", type=int, default=2000, help="test rows for the NLL (0: whole split)")
     p.add_argument("--label", default="", help="a name for this line of the sweep")
     p.add_argument("--parzen", type=int, default=0, metavar="N",
@@ -158,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     history = fit(model, train, tcfg, val=val, log=lambda m: print(m, flush=True))
     train_seconds = time.perf_counter() - t0
-    n = args.samples or (2500 if len(prepared.shape) == 1 else 26000 if prepared.manifest.get("modes") else 10000)
+    ecfg = params.evaluate  # the protocol's sample counts (params.yaml `evaluate`)
+    n = args.samples or (ecfg.n_samples if len(prepared.shape) == 1
+                         else ecfg.n_mode_samples if prepared.manifest.get("modes") else ecfg.n_image_samples)
     result = {"date": dt.date.today().isoformat(), "family": args.family, "dataset": args.dataset,
               "recipe": recipe.name, "label": args.label, "set": args.set, "threads": args.threads,
               "epochs_run": len(history), "steps": int(history[-1].get("steps", 0)) if history else 0,
-              "train_seconds": round(train_seconds, 1), **score(model, prepared, n, args.test, parzen_n=args.parzen)}
+              "train_seconds": round(train_seconds, 1), **score(model, prepared, n, args.test, parzen_n=args.parzen, ecfg=ecfg)}
     print(json.dumps(result), flush=True)
     if args.save:
         from genzoo.plots import save_samples

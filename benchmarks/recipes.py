@@ -68,7 +68,7 @@ def score(model, prepared, n_samples: int, test_n: int, seed: int = 1234, parzen
         std = {"ring8": 0.01, "grid25": 0.05}[prepared.name]
         out.update(mode_statistics(x, sources.mode_centers(prepared.name), std))
     evaluator = ROOT / "data" / "evaluators" / prepared.name / "evaluator.pt"
-    if prepared.manifest.get("modes") and evaluator.exists():  # Stacked MNIST: its 1,000 modes, as the pipeline counts them
+    if prepared.manifest.get("modes") and evaluator.exists():  # Stacked MNIST's 1,000 modes, as the pipeline counts
         from genzoo.config import EvalConfig
         from genzoo.evaluation.protocol import stacked_modes
 
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", type=int, default=0,
-                   help="samples to score (default: params.yaml `evaluate`: 2,500 points, 10,000 images, 26,000 on Stacked MNIST)")
+                   help="samples to score (default: params.yaml `evaluate`: 2,500 points, 10,000 images, "
+                        "26,000 on Stacked MNIST)")
     p.add_argument("--test", type=int, default=2000, help="test rows for the NLL (0: whole split)")
     p.add_argument("--label", default="", help="a name for this line of the sweep")
     p.add_argument("--parzen", type=int, default=0, metavar="N",
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"date": dt.date.today().isoformat(), "family": args.family, "dataset": args.dataset,
               "recipe": recipe.name, "label": args.label, "set": args.set, "threads": args.threads,
               "epochs_run": len(history), "steps": int(history[-1].get("steps", 0)) if history else 0,
-              "train_seconds": round(train_seconds, 1), **score(model, prepared, n, args.test, parzen_n=args.parzen, ecfg=ecfg)}
+              "train_seconds": round(train_seconds, 1),
+              **score(model, prepared, n, args.test, parzen_n=args.parzen, ecfg=ecfg)}
     print(json.dumps(result), flush=True)
     if args.save:
         from genzoo.plots import save_samples

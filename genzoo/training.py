@@ -78,6 +78,18 @@ def steps_within_budget(cfg: TrainConfig, steps: int, seconds_per_step: float) -
     return max(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS, min(steps, fitting))
 
 
+def steps_for_the_rest(cfg: TrainConfig, steps: int, spent: float, epochs_done: int, seconds_per_step: float,
+                       seconds_per_epoch_besides: float) -> int:
+    """Steps per epoch for the epochs left after `epochs_done` to fit what `spent` seconds left of cfg.budget_seconds,
+    at the last epoch's `seconds_per_step` and `seconds_per_epoch_besides` (validation): at most `steps` (the
+    configured ones), at least BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS. Re-timed after every epoch, so steps that
+    slow down after the first epoch's timing (caches, other work) do not overrun the budget."""
+    left = max(1, cfg.epochs - epochs_done)
+    per_epoch = (cfg.budget_seconds - spent) / left - seconds_per_epoch_besides
+    fitting = int(max(0.0, per_epoch) / max(seconds_per_step, 1e-9))
+    return max(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS, min(steps, fitting))
+
+
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     """Multiplier of the initial learning rate before optimiser step `step` (0-based) of `total`:
     linear warm-up over cfg.warmup_steps, then constant, cosine down to cfg.min_lr_ratio, or a
@@ -169,7 +181,9 @@ def fit(
     average (cfg.ema > 0), else the last ones.
 
     With cfg.budget_seconds, the first epoch times its first steps and cuts steps_per_epoch to what
-    fits the budget on this machine (`steps_within_budget`); the history's `steps` say what ran.
+    fits the budget on this machine (`steps_within_budget`), and every later epoch's steps are fitted
+    again to what the epochs before left of it (`steps_for_the_rest`); the history's `steps` (a running
+    total) say what ran.
 
     Every worker sees the same shuffled order (seeded by epoch) and takes its
     own stride of each global batch, so N workers with batch B/N each make the
@@ -180,6 +194,7 @@ def fit(
     n = len(train)
     per_worker = cfg.batch_size // world_size
     steps = max(1, n // cfg.batch_size) if cfg.steps_per_epoch == 0 else cfg.steps_per_epoch
+    configured = steps  # a time budget (below) fits steps per epoch between its timed steps and these
     total = steps * cfg.epochs
     model.grad_clip = cfg.clip_grad
     if resume is None and cfg.init_from_data:
@@ -206,7 +221,7 @@ def fit(
             average.shadow = resume["ema"]
         best = resume.get("best", best)
         steps = resume.get("steps_per_epoch", steps)  # as a time budget fitted them before the failure
-        total = steps * cfg.epochs
+        total = resume.get("total_steps", steps * cfg.epochs)
         start, history = resume["epoch"], list(resume["history"])
         resumed_from = list(resume.get("resumed_from", [])) + [start]
         log(f"resuming from the checkpoint of epoch {start}")
@@ -222,6 +237,9 @@ def fit(
 
     timed = BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS
     fit_to_budget = cfg.budget_seconds > 0 and start == 0 and steps > timed
+    done = int(history[-1]["steps"]) if history else 0  # optimiser steps run, over every epoch
+    spent_before = sum(h.get("epoch_seconds", 0.0) for h in history)  # of the budget, before a resume
+    t_fit = time.perf_counter()
     bf16 = float(trains_in_bfloat16(cfg, device))
     stopped = False
     for epoch in range(start, cfg.epochs):
@@ -250,18 +268,20 @@ def fit(
             if fit_to_budget and step == timed:  # once, in the first epoch: fit the steps to the budget
                 fit_to_budget = False
                 per_step = _max_over_workers((_synchronized_clock(device) - t_timed) / BUDGET_TIMED_STEPS, device)
-                configured, steps = steps, steps_within_budget(cfg, steps, per_step)
+                steps = steps_within_budget(cfg, configured, per_step)
                 total = steps * cfg.epochs
                 if rank == 0:
                     log(f"{model.name}: {1000 * per_step:.0f} ms per step, so a {cfg.budget_seconds:g} s budget over "
                         f"{cfg.epochs} epochs holds {steps} steps per epoch (of {configured})")
+        train_seconds = _synchronized_clock(device) - t0
+        done += steps
         epoch_metrics = {k: _as_float(v) / steps for k, v in sums.items()}
         bad = [k for k, v in epoch_metrics.items() if not math.isfinite(v)]
         if bad:
             raise NonFiniteLoss(f"{bad[0]} became {epoch_metrics[bad[0]]} in epoch {epoch + 1}")
         epoch_metrics = _mean_over_workers(epoch_metrics, device)
         epoch_metrics["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
-        epoch_metrics["steps"] = float(steps * (epoch + 1))
+        epoch_metrics["steps"] = float(done)
         epoch_metrics["bfloat16"] = bf16  # 1: the forward passes ran in bfloat16 (train.precision bf16, natively)
         if has_val:
             live = None
@@ -279,6 +299,18 @@ def fit(
                 stopped = True
         epoch_metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, **epoch_metrics})
+        if cfg.budget_seconds > 0 and not stopped and epoch + 1 < cfg.epochs:  # fit the epochs left to what is left
+            # the slowest worker's figures, so that every worker takes the same number of steps
+            spent = _max_over_workers(spent_before + time.perf_counter() - t_fit, device)
+            per_step = _max_over_workers(train_seconds / steps, device)
+            besides = _max_over_workers(epoch_metrics["epoch_seconds"] - train_seconds, device)
+            refitted = steps_for_the_rest(cfg, configured, spent, epoch + 1, per_step, besides)
+            if refitted != steps and rank == 0:
+                log(f"{model.name}: {spent:.0f} s of the {cfg.budget_seconds:g} s budget spent at "
+                    f"{1000 * per_step:.0f} ms per step: {refitted} steps per epoch for the "
+                    f"{cfg.epochs - epoch - 1} epochs left (was {steps})")
+            steps = refitted
+            total = done + steps * (cfg.epochs - epoch - 1)  # the cosine schedule ends where the training now ends
         if rank == 0:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k not in ("steps", "bfloat16"))
             log(f"{model.name} epoch {epoch + 1}/{cfg.epochs}: {shown}")
@@ -289,7 +321,7 @@ def fit(
             extra = {"schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                      "ema": average.shadow if average is not None else None, "best": best,
                      "stopped_early": stopped, "finished": stopped or epoch + 1 == cfg.epochs,
-                     "steps_per_epoch": steps}
+                     "steps_per_epoch": steps, "total_steps": total}
             on_epoch_end(epoch + 1, epoch_metrics,
                          training_state(model, optimizers, epoch + 1, history, resumed_from, serve=serving_weights(),
                                         extra=extra))

@@ -354,6 +354,51 @@ def test_a_time_budget_fits_the_steps_per_epoch_and_the_schedule_to_it():
     assert all(h["bfloat16"] == 0.0 for h in roomy)  # fp32 asked: it says so
 
 
+def test_a_time_budget_is_fitted_again_after_every_epoch(monkeypatch):
+    """Steps that slow down after the first epoch's timing (here from 10 to 20 ms, on a clock the steps advance)
+    do not overrun the budget: each later epoch gets the steps that what is left of it holds at the last epoch's
+    pace, the schedule ends with the training, and a resumed run keeps the fitted steps."""
+    import types
+
+    import genzoo.training as training
+    from genzoo.training import BUDGET_TIMED_STEPS, BUDGET_WARMUP_STEPS, steps_for_the_rest
+
+    cfg = TrainConfig(epochs=3, batch_size=32, steps_per_epoch=100, schedule="cosine", min_lr_ratio=0.1,
+                      val_examples=0, budget_seconds=3.0)
+    assert steps_for_the_rest(cfg, 100, 1.5, 1, 0.01, 0.25) == 50  # (3 - 1.5) / 2 epochs - 0.25 s of validation
+    assert steps_for_the_rest(cfg, 100, 0.1, 1, 0.001, 0.0) == 100  # never more than configured
+    assert steps_for_the_rest(cfg, 100, 9.0, 2, 0.01, 0.0) == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS  # overrun
+
+    clock = {"now": 0.0, "steps": 0}
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def slowing(model):
+        step = model.training_step
+
+        def timed_step(batch, optimizers):
+            clock["steps"] += 1
+            clock["now"] += 0.01 if clock["steps"] <= BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS else 0.02
+            return step(batch, optimizers)
+        model.training_step = timed_step
+        return model
+
+    lines, states = [], []
+    history = fit(slowing(_made(lr=0.01)), _binary(512), cfg, log=lines.append,
+                  on_epoch_end=lambda e, m, s: states.append(copy.deepcopy(s)))
+    totals = [int(h["steps"]) for h in history]
+    per_epoch = [b - a for a, b in zip([0] + totals, totals)]
+    assert per_epoch[0] == 100  # the first 12 steps at 10 ms: 100 steps per epoch fit 3 s
+    assert per_epoch[1] < 40 and per_epoch[2] < 40  # 1.88 s spent in epoch 1: what is left holds fewer
+    assert clock["now"] <= cfg.budget_seconds + 1e-9  # without the refit: 1.88 + 2 x 2.0 s
+    assert any("steps per epoch for the 2 epochs left (was 100)" in line for line in lines)
+    assert history[-1]["lr"] == pytest.approx(0.1 * 0.01)  # the cosine ended with the shortened run
+    assert states[0]["steps_per_epoch"] == per_epoch[1]
+    resumed = fit(_made(lr=0.01), _binary(512), TrainConfig(**{**cfg.to_dict(), "budget_seconds": 0.0}),
+                  resume=states[0], log=lambda m: None)
+    assert [h["steps"] for h in resumed] == [h["steps"] for h in history[:1]] + [
+        history[0]["steps"] + per_epoch[1], history[0]["steps"] + 2 * per_epoch[1]]
+
+
 def test_a_negative_time_budget_is_rejected():
     with pytest.raises(ConfigError, match="budget_seconds"):
         TrainConfig(budget_seconds=-1)

@@ -305,6 +305,8 @@ def fit(
             per_step = _max_over_workers(train_seconds / steps, device)
             besides = _max_over_workers(epoch_metrics["epoch_seconds"] - train_seconds, device)
             refitted = steps_for_the_rest(cfg, configured, spent, epoch + 1, per_step, besides)
+            if abs(refitted - steps) <= steps // 50:  # within 2 %: timing noise, not a change of pace
+                refitted = steps
             if refitted != steps and rank == 0:
                 log(f"{model.name}: {spent:.0f} s of the {cfg.budget_seconds:g} s budget spent at "
                     f"{1000 * per_step:.0f} ms per step: {refitted} steps per epoch for the "

@@ -74,8 +74,7 @@ BUDGET_TIMED_STEPS = 10  # ... and steps timed to fit steps_per_epoch to the bud
 def steps_within_budget(cfg: TrainConfig, steps: int, seconds_per_step: float) -> int:
     """Steps per epoch for cfg.epochs epochs of `seconds_per_step` each to fit cfg.budget_seconds: at most `steps`
     (the configured ones), at least those the timing has run."""
-    fitting = int(cfg.budget_seconds / (cfg.epochs * max(seconds_per_step, 1e-9)))
-    return max(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS, min(steps, fitting))
+    return steps_for_the_rest(cfg, steps, 0.0, 0, seconds_per_step, 0.0)
 
 
 def steps_for_the_rest(cfg: TrainConfig, steps: int, spent: float, epochs_done: int, seconds_per_step: float,

@@ -194,7 +194,7 @@ PARZEN_MNIST = Table(
                      "bandwidths": [2.0, 5.0, 10.0, 20.0, 40.0, 80.0], "lr": 3e-3},
               # cpu: up to 11 x 500 steps of batch 1,000 at lr 3e-3, as many as standard's 840 s hold (5,007 on 2
               # threads here): Parzen 90.8, where 4,000 steps gave 83.5, 1,000 steps 26.4 and 12,000 of batch 500
-              # 2.7 (recipes.jsonl; BENCHMARKS.md "Parzen window at standard")
+              # 2.7 (recipes.jsonl; BENCHMARKS.md "Plain GMMN at standard")
               train={"cpu": {"epochs": 11, "steps_per_epoch": 500, "batch_size": 1000}, "full": _FULL_TRAIN},
               deviation="Adam at lr 3e-3; the reference code's bandwidths 2..80"),
         Entry("GMMN+AE", 282, 2, "Li et al. 2015, Table 1", "gmmn",

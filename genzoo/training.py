@@ -89,17 +89,20 @@ def steps_for_the_rest(cfg: TrainConfig, steps: int, spent: float, epochs_done: 
     return max(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS, min(steps, fitting))
 
 
-def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, since: tuple[int, int] = (0, 0)) -> float:
     """Multiplier of the initial learning rate before optimiser step `step` (0-based) of `total`:
     linear warm-up over cfg.warmup_steps, then constant, cosine down to cfg.min_lr_ratio, or a
-    decay by cfg.step_gamma every cfg.step_every epochs."""
+    decay by cfg.step_gamma every cfg.step_every epochs. `since` is (epochs, steps) run when the epochs
+    took `steps_per_epoch` steps each (a time budget refits them after an epoch), so the step schedule
+    counts epochs, not steps of the current length."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "cosine":
         progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     if cfg.schedule == "step":
-        return cfg.step_gamma ** (step // (cfg.step_every * steps_per_epoch))
+        epoch = since[0] + max(0, step - since[1]) // max(1, steps_per_epoch)
+        return cfg.step_gamma ** (epoch // cfg.step_every)
     return 1.0
 
 
@@ -199,8 +202,9 @@ def fit(
     if resume is None and cfg.init_from_data:
         model.init_from_data(train)  # the same data on every worker: the same biases
     optimizers = model.configure_optimizers()
-    # the lambdas read `total` and `steps` when called: a time budget (below) may shrink both after the first steps
-    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(cfg, s, total, steps))
+    # the lambdas read `total`, `steps` and `since` when called: a time budget (below) may change them after an epoch
+    since = (0, 0)  # (epochs, steps) run when the epochs took `steps` steps each
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(cfg, s, total, steps, since))
                   for k, o in optimizers.items()}
     average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     autocast = step_autocast(cfg, device, log if rank == 0 else lambda m: None)
@@ -237,6 +241,7 @@ def fit(
     timed = BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS
     fit_to_budget = cfg.budget_seconds > 0 and start == 0 and steps > timed
     done = int(history[-1]["steps"]) if history else 0  # optimiser steps run, over every epoch
+    since = (start, done)
     spent_before = sum(h.get("epoch_seconds", 0.0) for h in history)  # of the budget, before a resume
     t_fit = time.perf_counter()
     bf16 = float(trains_in_bfloat16(cfg, device))
@@ -310,7 +315,7 @@ def fit(
                 log(f"{model.name}: {spent:.0f} s of the {cfg.budget_seconds:g} s budget spent at "
                     f"{1000 * per_step:.0f} ms per step: {refitted} steps per epoch for the "
                     f"{cfg.epochs - epoch - 1} epochs left (was {steps})")
-            steps = refitted
+            steps, since = refitted, (epoch + 1, done)
             total = done + steps * (cfg.epochs - epoch - 1)  # the cosine schedule ends where the training now ends
         if rank == 0:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k not in ("steps", "bfloat16"))

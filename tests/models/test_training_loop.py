@@ -39,6 +39,8 @@ def test_lr_factor_warmup_cosine_and_step():
     assert lr_factor(cos, 10, 10, 5) == pytest.approx(0.1)  # ends at the floor
     step = TrainConfig(epochs=4, steps_per_epoch=5, schedule="step", step_every=2, step_gamma=0.5)
     assert [lr_factor(step, s, 20, 5) for s in (0, 9, 10, 19)] == [1.0, 1.0, 0.5, 0.5]
+    # after 2 epochs of 5 steps, epochs of 2: step 12 is in epoch 4 (index 3), step 14 in epoch 5
+    assert [lr_factor(step, s, 20, 2, since=(2, 10)) for s in (10, 12, 14)] == [0.5, 0.5, 0.25]
     assert lr_factor(TrainConfig(), 123, 1000, 10) == 1.0
 
 
@@ -354,20 +356,13 @@ def test_a_time_budget_fits_the_steps_per_epoch_and_the_schedule_to_it():
     assert all(h["bfloat16"] == 0.0 for h in roomy)  # fp32 asked: it says so
 
 
-def test_a_time_budget_is_fitted_again_after_every_epoch(monkeypatch):
-    """Steps that slow down after the first epoch's timing (here from 10 to 20 ms, on a clock the steps advance)
-    do not overrun the budget: each later epoch gets the steps that what is left of it holds at the last epoch's
-    pace, the schedule ends with the training, and a resumed run keeps the fitted steps."""
+def _slowing_clock(monkeypatch):
+    """genzoo.training's clock, advanced by the steps of a model wrapped in the returned function: 10 ms for the
+    budget's warm-up and timed steps, 20 ms for every later one."""
     import types
 
     import genzoo.training as training
-    from genzoo.training import BUDGET_TIMED_STEPS, BUDGET_WARMUP_STEPS, steps_for_the_rest
-
-    cfg = TrainConfig(epochs=3, batch_size=32, steps_per_epoch=100, schedule="cosine", min_lr_ratio=0.1,
-                      val_examples=0, budget_seconds=3.0)
-    assert steps_for_the_rest(cfg, 100, 1.5, 1, 0.01, 0.25) == 50  # (3 - 1.5) / 2 epochs - 0.25 s of validation
-    assert steps_for_the_rest(cfg, 100, 0.1, 1, 0.001, 0.0) == 100  # never more than configured
-    assert steps_for_the_rest(cfg, 100, 9.0, 2, 0.01, 0.0) == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS  # overrun
+    from genzoo.training import BUDGET_TIMED_STEPS, BUDGET_WARMUP_STEPS
 
     clock = {"now": 0.0, "steps": 0}
     monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
@@ -381,7 +376,22 @@ def test_a_time_budget_is_fitted_again_after_every_epoch(monkeypatch):
             return step(batch, optimizers)
         model.training_step = timed_step
         return model
+    return clock, slowing
 
+
+def test_a_time_budget_is_fitted_again_after_every_epoch(monkeypatch):
+    """Steps that slow down after the first epoch's timing (here from 10 to 20 ms, on a clock the steps advance)
+    do not overrun the budget: each later epoch gets the steps that what is left of it holds at the last epoch's
+    pace, the schedule ends with the training, and a resumed run keeps the fitted steps."""
+    from genzoo.training import BUDGET_TIMED_STEPS, BUDGET_WARMUP_STEPS, steps_for_the_rest
+
+    cfg = TrainConfig(epochs=3, batch_size=32, steps_per_epoch=100, schedule="cosine", min_lr_ratio=0.1,
+                      val_examples=0, budget_seconds=3.0)
+    assert steps_for_the_rest(cfg, 100, 1.5, 1, 0.01, 0.25) == 50  # (3 - 1.5) / 2 epochs - 0.25 s of validation
+    assert steps_for_the_rest(cfg, 100, 0.1, 1, 0.001, 0.0) == 100  # never more than configured
+    assert steps_for_the_rest(cfg, 100, 9.0, 2, 0.01, 0.0) == BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS  # overrun
+
+    clock, slowing = _slowing_clock(monkeypatch)
     lines, states = [], []
     history = fit(slowing(_made(lr=0.01)), _binary(512), cfg, log=lines.append,
                   on_epoch_end=lambda e, m, s: states.append(copy.deepcopy(s)))
@@ -397,6 +407,17 @@ def test_a_time_budget_is_fitted_again_after_every_epoch(monkeypatch):
                   resume=states[0], log=lambda m: None)
     assert [h["steps"] for h in resumed] == [h["steps"] for h in history[:1]] + [
         history[0]["steps"] + per_epoch[1], history[0]["steps"] + 2 * per_epoch[1]]
+
+
+def test_the_step_schedule_decays_once_an_epoch_when_a_time_budget_shortens_the_epochs(monkeypatch):
+    """The refit gives epochs 2 and 3 about a third of epoch 1's steps; the step schedule still halves the rate at
+    each epoch's end (counting steps of the new length from epoch 1 would put the third decay in epoch 2)."""
+    _, slowing = _slowing_clock(monkeypatch)
+    cfg = TrainConfig(epochs=3, batch_size=32, steps_per_epoch=100, schedule="step", step_every=1, step_gamma=0.5,
+                      val_examples=0, budget_seconds=3.0)
+    history = fit(slowing(_made(lr=0.01)), _binary(512), cfg, log=lambda m: None)
+    assert history[1]["steps"] - history[0]["steps"] < 40  # the refit shortened the epochs left
+    assert [h["lr"] / 0.01 for h in history] == pytest.approx([0.5, 0.25, 0.125])
 
 
 def test_a_negative_time_budget_is_rejected():

@@ -43,6 +43,9 @@ CHECKPOINTS = "_checkpoints"  # <storage>/_checkpoints/<training key>.pt
 PROGRESS = "progress.jsonl"
 ATTEMPTS = "attempts"  # one line per attempt (Ray retries after a failure)
 HELD = "held"  # written by a worker held by an injected fault
+# An announced training holds the ones announced after it only until they have waited this long for it to ask
+# (its thread may be slow to reach the cluster: the tracking store, a data load); then it no longer blocks them.
+ARRIVAL_GRACE_SECONDS = 5.0
 FAULT_ENV = "GENZOO_FAULT"
 
 
@@ -265,13 +268,17 @@ class Admission:
 
     Trainings announced with `queue` start in the announced order (the pipeline announces the
     longest first, so the short ones fill in at the end instead of one long one running alone);
-    work that was not announced (evaluations) goes before them.
+    work that was not announced (evaluations) goes before them. One announced earlier that has not
+    asked yet holds the later ones for ARRIVAL_GRACE_SECONDS of their wait, not longer: a core is
+    not left idle for a thread that is late for another reason.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._used = 0.0
         self._order: list[str] = []  # announced trainings not started yet, in the order they may start
+        self._asking: set[str] = set()  # announced trainings waiting in `slot` now
+        self.grace = ARRIVAL_GRACE_SECONDS
 
     def queue(self, keys: list[str]) -> None:
         with self._cond:
@@ -286,9 +293,18 @@ class Admission:
 
     @contextlib.contextmanager
     def slot(self, need: float, capacity: float, key: str | None = None):
+        asked = time.monotonic()
         with self._cond:
-            while not self._may_start(need, capacity, key):
-                self._cond.wait()
+            if key is not None:
+                self._asking.add(key)
+            try:
+                while True:
+                    patient = time.monotonic() - asked < self.grace  # still waiting for those ahead to ask
+                    if self._may_start(need, capacity, key, patient):
+                        break
+                    self._cond.wait(timeout=max(0.0, self.grace - (time.monotonic() - asked)) if patient else None)
+            finally:
+                self._asking.discard(key)
             if key in self._order:
                 self._order.remove(key)
             self._used += need
@@ -299,10 +315,10 @@ class Admission:
                 self._used -= need
                 self._cond.notify_all()
 
-    def _may_start(self, need: float, capacity: float, key: str | None) -> bool:
+    def _may_start(self, need: float, capacity: float, key: str | None, patient: bool) -> bool:
         fits = self._used == 0 or self._used + need <= capacity
-        ahead = key in self._order and self._order.index(key) > 0
-        return fits and not ahead
+        ahead = self._order[:self._order.index(key)] if key in self._order else []
+        return fits and not any(patient or k in self._asking for k in ahead)
 
 
 admission = Admission()

@@ -1,5 +1,5 @@
 """tasks/ray_job.py:Admission: the cluster's CPUs are never oversubscribed, announced trainings
-start in their announced order (the longest first), and one that never asks does not block."""
+start in their announced order (the longest first), and one that never asks (or asks late) does not block."""
 
 from __future__ import annotations
 
@@ -55,3 +55,18 @@ def test_unannounced_work_goes_first_and_big_jobs_take_the_whole_cluster():
     started, peak = _run(a, [(None, 1, 0.1), ("one-cpu", 1, 0.01), ("two-cpus", 2, 0.05)])
     assert started[0] is None  # an evaluation, never announced, is not held behind the queue
     assert started[1:] == ["two-cpus", "one-cpu"] and peak <= 2.0
+
+
+def test_a_training_late_to_ask_holds_the_next_ones_only_for_the_grace():
+    """'late' is announced first but asks 0.6 s after the others (its thread busy elsewhere): the next ones
+    start once they have waited the 0.2 s grace, not when 'late' arrives, and 'late' still gets a slot."""
+    a = Admission()
+    a.grace = 0.2
+    a.queue(["late", "next", "last"])
+    threading.Timer(0.6, lambda: _run(a, [("late", 1, 0.01)], capacity=2.0)).start()
+    t0 = time.monotonic()
+    started, peak = _run(a, [("next", 1, 0.05), ("last", 1, 0.05)])
+    assert started == ["next", "last"] and peak <= 2.0
+    assert time.monotonic() - t0 < 0.6  # both finished before 'late' asked
+    time.sleep(0.7)
+    assert a._order == []  # 'late' started too

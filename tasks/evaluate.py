@@ -48,14 +48,15 @@ def sample(model: models.GenerativeModel, req: ModelRequest, ecfg: EvalConfig, o
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_model(req: ModelRequest, ctx: RunContext, run: TrackedRun, model_path: str) -> dict:
     """Sample and measure a trained model on its dataset's protocol; everything is logged to `run`.
-    Holds one CPU of the cluster's admission while it computes, so it never oversubscribes the
-    machine the trainings share."""
+    Holds one CPU of the cluster's admission while it computes (the one its training handed over),
+    so it never oversubscribes the machine the trainings share."""
+    from tasks.plan import evaluation_key
     from tasks.ray_job import admission, cpu_capacity
 
     ecfg = EvalConfig(**ctx.evaluate)
     prepared = data.load(req.prepared_dir)
     check_data_version(req, prepared)
-    with admission.slot(1.0, cpu_capacity()):
+    with admission.slot(1.0, cpu_capacity(), evaluation_key(ctx, req.name)):  # the CPU its training handed over
         t0 = time.perf_counter()
         torch.set_num_threads(1)  # the one CPU it holds
         model = models.load(model_path)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 import models
 from tasks import progress
 from tasks.evaluate import evaluate_model
-from tasks.plan import queue_key
+from tasks.plan import evaluation_key, queue_key
 from tasks.ray_job import admission
 from tasks.register import ensure_promoted, register_and_promote
 from tasks.schema import ModelRequest, ModelResult, RunContext, Tag
@@ -54,8 +54,9 @@ def build_model(req: ModelRequest, ctx: RunContext) -> ModelResult:
                 run.fail(result.reason)
     except Exception as exc:  # the tracking store itself failed
         result.reason = result.reason or f"tracking failed: {first_line(exc)}"
-    finally:  # failed before training: its place in the cluster's queue is given up
-        admission.cancel(queue_key(ctx, req.name))
+    finally:  # what it still holds in the cluster's queue is given up: its place when it failed before training,
+        admission.cancel(queue_key(ctx, req.name))  # the CPU its training handed over when its evaluation never
+        admission.give_back(evaluation_key(ctx, req.name))  # asked for it
     result.status = "FAILED" if result.reason else "FINISHED"
     if not result.ok:
         board.finished(req.name, f"FAILED: {result.reason}")

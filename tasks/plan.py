@@ -288,3 +288,8 @@ def order_trainings(requests: list[ModelRequest], ctx: RunContext, datasets: lis
 def queue_key(ctx: RunContext, name: str) -> str:
     """A training's (or baseline's) place in the admission queue: unique across concurrent runs."""
     return f"{ctx.run_name}/{name}"
+
+
+def evaluation_key(ctx: RunContext, name: str) -> str:
+    """The admission key of a model's evaluation, which its training hands a CPU over to."""
+    return queue_key(ctx, f"{name}/evaluation")

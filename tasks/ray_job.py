@@ -268,9 +268,11 @@ class Admission:
 
     Trainings announced with `queue` start in the announced order (the pipeline announces the
     longest first, so the short ones fill in at the end instead of one long one running alone);
-    work that was not announced (evaluations) goes before them. One announced earlier that has not
-    asked yet holds the later ones for ARRIVAL_GRACE_SECONDS of their wait, not longer: a core is
-    not left idle for a thread that is late for another reason.
+    work that was not announced goes before them. One announced earlier that has not asked yet
+    holds the later ones for ARRIVAL_GRACE_SECONDS of their wait, not longer: a core is not left
+    idle for a thread that is late for another reason. A training hands one CPU of its slot over to
+    its model's evaluation (`hand_over`, then `slot` with the same key), so each model is evaluated
+    as soon as its training ends instead of after every training waiting for that CPU.
     """
 
     def __init__(self) -> None:
@@ -278,6 +280,7 @@ class Admission:
         self._used = 0.0
         self._order: list[str] = []  # announced trainings not started yet, in the order they may start
         self._asking: set[str] = set()  # announced trainings waiting in `slot` now
+        self._handed: dict[str, float] = {}  # key -> CPUs kept for it by the work before it (`hand_over`)
         self.grace = ARRIVAL_GRACE_SECONDS
 
     def queue(self, keys: list[str]) -> None:
@@ -291,29 +294,48 @@ class Admission:
                 self._order.remove(key)
                 self._cond.notify_all()
 
+    def hand_over(self, key: str, need: float) -> None:
+        """Keep `need` CPUs of the caller's slot, which it is about to leave, for the `slot` of `key`."""
+        with self._cond:
+            self._handed[key] = self._handed.get(key, 0.0) + need
+            self._used += need
+
+    def give_back(self, key: str) -> None:
+        """CPUs handed over to `key` that it will not take (its work failed before asking)."""
+        with self._cond:
+            self._used -= self._handed.pop(key, 0.0)
+            self._cond.notify_all()
+
     @contextlib.contextmanager
     def slot(self, need: float, capacity: float, key: str | None = None):
-        asked = time.monotonic()
         with self._cond:
-            if key is not None:
-                self._asking.add(key)
-            try:
-                while True:
-                    patient = time.monotonic() - asked < self.grace  # still waiting for those ahead to ask
-                    if self._may_start(need, capacity, key, patient):
-                        break
-                    self._cond.wait(timeout=max(0.0, self.grace - (time.monotonic() - asked)) if patient else None)
-            finally:
-                self._asking.discard(key)
-            if key in self._order:
-                self._order.remove(key)
-            self._used += need
+            if key in self._handed:  # kept for it: no wait, and the use is counted already
+                need = self._handed.pop(key)
+            else:
+                self._wait(need, capacity, key)
+                self._used += need
         try:
             yield
         finally:
             with self._cond:
                 self._used -= need
                 self._cond.notify_all()
+
+    def _wait(self, need: float, capacity: float, key: str | None) -> None:
+        """Until `key` may start (the condition's lock held); then it is no longer in the queue."""
+        asked = time.monotonic()
+        if key is not None:
+            self._asking.add(key)
+        try:
+            while True:
+                patient = time.monotonic() - asked < self.grace  # still waiting for those ahead to ask
+                if self._may_start(need, capacity, key, patient):
+                    break
+                self._cond.wait(timeout=max(0.0, self.grace - (time.monotonic() - asked)) if patient else None)
+        finally:
+            self._asking.discard(key)
+        if key in self._order:
+            self._order.remove(key)
 
     def _may_start(self, need: float, capacity: float, key: str | None, patient: bool) -> bool:
         fits = self._used == 0 or self._used + need <= capacity
@@ -357,11 +379,14 @@ def cpu_capacity() -> float:
 def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manifest: dict,
                  model_config: dict[str, Any], train_config: dict[str, Any], storage: Path,
                  run_tag: str | None = None, fail_once_at_epoch: int | None = None,
-                 queue_key: str | None = None, train_key: str | None = None, resume: bool = True) -> TrainOutcome:
+                 queue_key: str | None = None, train_key: str | None = None, resume: bool = True,
+                 hand_over: str | None = None) -> TrainOutcome:
     """Train on the cluster (starting a local one if none is connected); never raises for a failed
     training: the outcome says FAILED and why. `queue_key`: its place in `admission`'s order.
     `train_key`: the training's identity, which names its checkpoint; with `resume`, a checkpoint an
-    earlier (killed) run of that key left is continued, without it the training starts from zero."""
+    earlier (killed) run of that key left is continued, without it the training starts from zero.
+    `hand_over`: the key whose `admission.slot` gets one CPU of this training's slot when it finishes
+    (its model's evaluation, which then starts at once)."""
     import ray
 
     from tasks.services import cluster_has_gpus, ensure_ray
@@ -392,6 +417,8 @@ def run_training(family: str, dataset: str, arrays: dict[str, np.ndarray], manif
                 state, failure = _run_task(job, use_gpu)
             else:
                 state, failure = _run_trainer(job, use_gpu, storage)
+            if hand_over is not None and not use_gpu and failure is None and state is not None:
+                admission.hand_over(hand_over, min(need, 1.0))
     except Exception as exc:  # Ray wraps worker errors (TrainingFailedError, RayTaskError)
         return TrainOutcome("FAILED", f"training failed{_attempts(scratch, train_config)}: {_root_cause(exc)}", None,
                             [], time.perf_counter() - t0, run_name)

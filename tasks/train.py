@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data.sources import sha256_file
 from tasks import progress
-from tasks.plan import queue_key
+from tasks.plan import evaluation_key, queue_key
 from tasks.ray_job import drop_checkpoint, ray_storage, run_training
 from tasks.schema import ModelRequest, RunContext, Tag, training_facts
 from tasks.tracking import TrackedRun, client, flatten
@@ -148,7 +148,8 @@ def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trai
     storage = ray_storage(Path(ctx.root))
     board.training(req.name, str(storage / "_scratch" / f"{req.name}-{ctx.tag}"))
     outcome = run_training(req.family, req.dataset, arrays, req.manifest, req.model, req.train, storage, ctx.tag,
-                           ctx.fail_once_at_epoch, queue_key(ctx, req.name), train_key=key, resume=ctx.reuse)
+                           ctx.fail_once_at_epoch, queue_key(ctx, req.name), train_key=key, resume=ctx.reuse,
+                           hand_over=evaluation_key(ctx, req.name))
     for row in outcome.history:
         run.metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     run.metrics({"train_seconds": outcome.seconds})

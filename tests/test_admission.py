@@ -70,3 +70,46 @@ def test_a_training_late_to_ask_holds_the_next_ones_only_for_the_grace():
     assert time.monotonic() - t0 < 0.6  # both finished before 'late' asked
     time.sleep(0.7)
     assert a._order == []  # 'late' started too
+
+
+def test_a_training_hands_a_cpu_over_to_its_evaluation():
+    """'train' hands one CPU to 'eval' as it ends: 'next', waiting for a CPU, does not get it; 'eval' starts
+    without waiting, and its CPU goes to 'next' when it ends. A hand-over nobody takes is given back."""
+    a = Admission()
+    a.queue(["other", "train", "next"])
+    events, lock = [], threading.Lock()
+
+    def note(what):
+        with lock:
+            events.append(what)
+
+    def train():
+        with a.slot(1, 2, "train"):
+            time.sleep(0.1)
+            a.hand_over("eval", 1)
+        note("train ended")
+        with a.slot(1, 2, "eval"):
+            note("eval started")
+            time.sleep(0.2)
+        note("eval ended")
+
+    def other():
+        with a.slot(1, 2, "other"):
+            time.sleep(0.6)
+
+    def waiting():
+        time.sleep(0.05)
+        with a.slot(1, 2, "next"):
+            note("next started")
+
+    threads = [threading.Thread(target=f) for f in (other, train, waiting)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=10)
+    assert events == ["train ended", "eval started", "eval ended", "next started"]
+    a.hand_over("never-asks", 1)
+    a.give_back("never-asks")
+    started, _ = _run(a, [(None, 2, 0.01)])
+    assert started == [None]  # both CPUs free again

@@ -71,7 +71,7 @@ def _train_evaluate_register(req: ModelRequest, ctx: RunContext, run, key: str, 
                              stage: list[str]) -> None:
     result.started_at = time.time()
     try:
-        trained = train(req, ctx, run, key)
+        trained = train(req, ctx, run, key, hand_over=evaluation_key(ctx, req.name))  # a CPU for evaluate_model
     finally:  # a reused training never asked for a slot: its place in the queue goes to the next
         admission.cancel(queue_key(ctx, req.name))
     result.ended_at = time.time()

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data.sources import sha256_file
 from tasks import progress
-from tasks.plan import evaluation_key, queue_key
+from tasks.plan import queue_key
 from tasks.ray_job import drop_checkpoint, ray_storage, run_training
 from tasks.schema import ModelRequest, RunContext, Tag, training_facts
 from tasks.tracking import TrackedRun, client, flatten
@@ -131,9 +131,10 @@ def run_tags(req: ModelRequest, key: str, branch: str) -> dict[str, str]:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trained:
+def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str, hand_over: str | None = None) -> Trained:
     """Train (or reuse) and upload the weights to `run`; a failed training is a FAILED Trained, not an
-    exception (service errors do raise: the run's owner records them)."""
+    exception (service errors do raise: the run's owner records them). `hand_over`: the admission key that
+    gets one CPU of the training's slot when it ends (the caller's evaluation, which must take it or give it back)."""
     import data
 
     run.params({**flatten("model", req.model), **flatten("train", req.train), "data.name": req.dataset,
@@ -149,7 +150,7 @@ def train(req: ModelRequest, ctx: RunContext, run: TrackedRun, key: str) -> Trai
     board.training(req.name, str(storage / "_scratch" / f"{req.name}-{ctx.tag}"))
     outcome = run_training(req.family, req.dataset, arrays, req.manifest, req.model, req.train, storage, ctx.tag,
                            ctx.fail_once_at_epoch, queue_key(ctx, req.name), train_key=key, resume=ctx.reuse,
-                           hand_over=evaluation_key(ctx, req.name))
+                           hand_over=hand_over)
     for row in outcome.history:
         run.metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     run.metrics({"train_seconds": outcome.seconds})

@@ -54,9 +54,9 @@ def build_model(req: ModelRequest, ctx: RunContext) -> ModelResult:
                 run.fail(result.reason)
     except Exception as exc:  # the tracking store itself failed
         result.reason = result.reason or f"tracking failed: {first_line(exc)}"
-    finally:  # what it still holds in the cluster's queue is given up: its place when it failed before training,
-        admission.cancel(queue_key(ctx, req.name))  # the CPU its training handed over when its evaluation never
-        admission.give_back(evaluation_key(ctx, req.name))  # asked for it
+    finally:  # nothing stays held in the cluster's queue: its place (failed before training) ...
+        admission.cancel(queue_key(ctx, req.name))
+        admission.give_back(evaluation_key(ctx, req.name))  # ... and the CPU handed over to an evaluation that never ran
     result.status = "FAILED" if result.reason else "FINISHED"
     if not result.ok:
         board.finished(req.name, f"FAILED: {result.reason}")

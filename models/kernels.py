@@ -37,14 +37,50 @@ def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (xx[:, None] + yy[None, :] - 2.0 * x @ y.T).clamp_min(0.0)  # (n, m)
 
 
+class _MixtureKernel(torch.autograd.Function):
+    """sum_s exp(-gamma_s d2) of x (n, D) against y (m, D), with a backward pass written out.
+
+    Autograd through `exp(-d2[None] * gammas).sum(0)` keeps an (S, n, m) tensor per kernel matrix and runs
+    matmuls for both operands of `x @ y.T` (two of them for x against x). Here the forward pass adds one
+    (n, m) exponential at a time into the kernel and into its derivative in d2, and the backward pass uses
+    d d2_ij / d x_i = 2 (x_i - y_j): one matmul per input that needs a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, gammas: tuple[float, ...], same: bool) -> torch.Tensor:
+        d2 = pairwise_sq_dists(x, y)  # (n, m)
+        if same:  # exact zeros on the diagonal (round-off there would matter for small bandwidths)
+            d2.fill_diagonal_(0.0)
+        wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        k = torch.zeros_like(d2)  # (n, m)
+        dk = torch.zeros_like(d2) if wants_grad else None  # d k / d d2
+        for gamma in gammas:
+            e = torch.exp(d2 * -gamma)  # (n, m)
+            k += e
+            if dk is not None:
+                dk.add_(e, alpha=-gamma)
+        ctx.same = same
+        if dk is not None:
+            ctx.save_for_backward(x, y, dk)
+        return k
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_k: torch.Tensor):
+        x, y, dk = ctx.saved_tensors
+        g = grad_k * dk  # dL / d d2, (n, m)
+        if ctx.same:  # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j: x enters both sides
+            gs = g + g.T
+            return 2.0 * (gs.sum(1, keepdim=True) * x - gs @ x), None, None, None
+        grad_x = 2.0 * (g.sum(1, keepdim=True) * x - g @ y) if ctx.needs_input_grad[0] else None
+        grad_y = 2.0 * (g.sum(0)[:, None] * y - g.T @ x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y, None, None
+
+
 def mixture_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float]) -> torch.Tensor:
     """Sum of Gaussian kernels exp(-d^2 / (2 s^2)) over the bandwidths s: (n, ...), (m, ...) -> (n, m)."""
-    bws = _check_bandwidths(bandwidths)
-    d2 = pairwise_sq_dists(x.flatten(1), y.flatten(1))  # (n, m)
-    if y is x:  # exact zeros on the diagonal (round-off there would matter for small bandwidths)
-        d2 = d2.masked_fill(torch.eye(d2.shape[0], dtype=torch.bool, device=d2.device), 0.0)
-    gammas = torch.tensor([0.5 / s**2 for s in bws], dtype=d2.dtype, device=d2.device)  # (S,)
-    return torch.exp(-d2[None] * gammas[:, None, None]).sum(0)  # (n, m)
+    gammas = tuple(0.5 / s**2 for s in _check_bandwidths(bandwidths))
+    return _MixtureKernel.apply(x.flatten(1), y.flatten(1), gammas, y is x)
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float], unbiased: bool = False) -> torch.Tensor:

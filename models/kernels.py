@@ -68,7 +68,7 @@ class _MixtureKernel(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_k: torch.Tensor):
         x, y, dk = ctx.saved_tensors
-        g = grad_k * dk  # dL / d d2, (n, m)
+        g = (grad_k * dk).to(x.dtype)  # dL / d d2, (n, m); under autocast the forward's matmul may have been bf16
         if ctx.same:  # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j: x enters both sides
             gs = g + g.T
             return 2.0 * (gs.sum(1, keepdim=True) * x - gs @ x), None, None, None

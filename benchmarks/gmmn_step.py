@@ -3,7 +3,7 @@ in one process (BENCHMARKS.md, "Plain GMMN at standard").
 
     python benchmarks/gmmn_step.py --threads 2 --batch 1000
 
-The model is the parzen-mnist GMMN row's (10-64-256-256-1024-784, bandwidths 2..80) on random binary
+The model is the parzen-mnist GMMN row's (genzoo/reproduce.py; 10-64-256-256-1024-784) on random binary
 images of MNIST's shape. Prints the median ms per step of each and their ratio.
 """
 
@@ -43,15 +43,15 @@ def main() -> None:
 
     import models
     import models.kernels as kernels
+    from genzoo.reproduce import PARZEN_MNIST
     from genzoo.training import flush_denormals
 
     flush_denormals()
     torch.set_num_threads(args.threads)
     x = torch.bernoulli(torch.full((args.batch, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = models.build("gmmn", {"data_shape": [1, 28, 28], "data_kind": "binary", "latent_dim": 10,
-                                  "hidden": [64, 256, 256, 1024], "autoencoder": False,
-                                  "bandwidths": [2, 5, 10, 20, 40, 80], "lr": 0.003})
+    row = next(e for e in PARZEN_MNIST.entries if e.label == "GMMN")
+    model = models.build("gmmn", {"data_shape": [1, 28, 28], "data_kind": "binary", **row.model})
     optimizers = model.configure_optimizers()
     sides = {"genzoo": kernels.mixture_kernel, "autograd": autograd_mixture_kernel}
     ms: dict[str, list[float]] = {name: [] for name in sides}

@@ -192,10 +192,10 @@ PARZEN_MNIST = Table(
         Entry("GMMN", 147, 2, "Li et al. 2015, Table 1", "gmmn",
               model={"latent_dim": 10, "hidden": [64, 256, 256, 1024], "autoencoder": False,
                      "bandwidths": [2.0, 5.0, 10.0, 20.0, 40.0, 80.0], "lr": 3e-3},
-              # cpu: up to 20 x 500 steps of batch 1,000 at lr 3e-3, as many as standard's 840 s hold: with the
-              # autograd kernel 5,007 on 2 threads here gave Parzen 90.8, where 4,000 steps gave 83.5, 1,000 steps 26.4
-              # and 12,000 of batch 500 2.7 (recipes.jsonl; BENCHMARKS.md "Plain GMMN at standard"); the kernel's
-              # written-out backward pass (models/kernels.py) makes the step about 1.4x cheaper
+              # cpu: up to 20 x 500 steps of batch 1,000 at lr 3e-3, as many as standard's 840 s hold: 6,914 on 2
+              # threads here with the written-out kernel (1.46x cheaper a step) gave Parzen 90.65, where 5,007 gave 90.8,
+              # 4,000 83.5, 1,000 26.4, 12,000 of batch 500 2.7 and 3,872 of batch 1,500 85.4 (recipes.jsonl;
+              # BENCHMARKS.md "Plain GMMN at standard")
               train={"cpu": {"epochs": 20, "steps_per_epoch": 500, "batch_size": 1000}, "full": _FULL_TRAIN},
               deviation="Adam at lr 3e-3; the reference code's bandwidths 2..80"),
         Entry("GMMN+AE", 282, 2, "Li et al. 2015, Table 1", "gmmn",

@@ -26,11 +26,11 @@ def headline(metrics: dict) -> str:
     if "test_nll" in metrics:
         parts.append(f"test NLL {metrics['test_nll']:.4g}")
     if "modes_captured" in metrics:
-        parts.append(f"modes {int(metrics['modes_captured'])}/{int(metrics['modes_total'])}")
         if "high_quality_fraction" in metrics:  # 2-D mixtures; Stacked MNIST's modes have no distance to one
-            parts[-1] += f", {100 * metrics['high_quality_fraction']:.0f}% high quality"
+            detail = f"{100 * metrics['high_quality_fraction']:.0f}% high quality"
         else:
-            parts[-1] += f", KL {metrics['kl_to_uniform']:.3g}"
+            detail = f"KL {metrics['kl_to_uniform']:.3g}"
+        parts.append(f"modes {int(metrics['modes_captured'])}/{int(metrics['modes_total'])}, {detail}")
     if "energy_distance" in metrics and "modes_captured" not in metrics:  # vectors
         parts.append(f"energy distance {metrics['energy_distance']:.3g}")
     if "fid" in metrics:

@@ -29,8 +29,14 @@ apply: install
 	$(BIN)/genzoo apply super-resolve --preset quick
 	$(BIN)/genzoo apply translate --preset quick
 
+# Three pytest-xdist workers on 2 cores: the service tests spend part of their time waiting (servers starting,
+# polls, subprocesses), and a third worker fills those gaps. One run each in one checkout, 2026-12-07, this CPU:
+# 608 s with two workers, 506 s with three (BENCHMARKS.md, "make test"). The unit tests still get one torch
+# thread per worker (tests/conftest.py), so they do not add threads on top.
+TEST_WORKERS ?= 3
+
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The platform's costs and speed-ups, each printed and written to benchmarks/results/ (BENCHMARKS.md).
 bench: install

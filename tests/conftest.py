@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test` runs two workers) each worker gets its share of the CPUs for
-    torch's intra-op threads, so the workers' unit tests do not oversubscribe the machine."""
+    """Under pytest-xdist (`make test` runs three workers) each worker gets its share of the CPUs (at least
+    one) for torch's intra-op threads, so the workers' unit tests do not oversubscribe the machine."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
@@ -20,11 +20,10 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-# Test modules that start real services, longest first (seconds of one run under `make test`'s two workers,
-# `--junitxml` sums per module, 2026-12-02: 241, 211, 82, 79, 73, 71, 64, 60, 40, 24). `make test` hands out whole
-# modules (--dist loadfile) in collection order (--no-loadscope-reorder), so putting these first lets the
-# two workers end together (longest-processing-time first) instead of one running the longest module alone
-# at the end.
+# Test modules that start real services, longest first (seconds of one run under two workers, `--junitxml`
+# sums per module, 2026-12-02: 241, 211, 82, 79, 73, 71, 64, 60, 40, 24). `make test` hands out whole modules
+# (--dist loadfile) in collection order (--no-loadscope-reorder), so putting these first lets the workers end
+# together (longest-processing-time first) instead of one running the longest module alone at the end.
 LONGEST_FIRST = (
     "tests/pipeline/test_distributed_and_serving.py", "tests/pipeline/test_apply.py", "tests/ops/test_security.py",
     "tests/ops/test_interrupts.py", "tests/pipeline/test_pipeline.py", "tests/ops/test_ray_cluster.py",

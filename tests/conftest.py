@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test` runs three workers) each worker gets its share of the CPUs (at least
+    """Under pytest-xdist (`make test` runs two workers) each worker gets its share of the CPUs (at least
     one) for torch's intra-op threads, so the workers' unit tests do not oversubscribe the machine."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import threading
 from pathlib import Path
 
 from prefect import task
@@ -59,18 +58,8 @@ def training_key(req: ModelRequest, fail_at: int | None) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-# NOTE: CPython 3.11's ast.parse is not thread-safe: trainings keyed at once in Prefect's worker threads
-# failed with "SystemError: AST constructor recursion depth mismatch". One parse at a time, each family once.
-_PARSING = threading.Lock()
-
-
-def code_version(family: str) -> str:
-    with _PARSING:
-        return _code_version(family)
-
-
 @functools.lru_cache(maxsize=None)
-def _code_version(family: str) -> str:
+def code_version(family: str) -> str:
     """Digest of the code a training of `family` runs: its module, the models/ modules it imports
     (transitively, models/base.py among them) and TRAINING_CODE. Each file counts by its syntax tree
     without docstrings, so comments, formatting and documentation change nothing, any change to
